@@ -1,0 +1,589 @@
+//! The token ledger: which tokens the real issuance process issued.
+//!
+//! A token that verifies but has no record here was never issued: it is **forged**.
+//! Backends sit behind the [`Ledger`] trait; [`MemIndex`] is the in-memory index every
+//! backend can use for lookups.
+//!
+//! ## Memory of [`MemIndex`]
+//! One entry is 32 bytes: a 16-byte [`TokenId`], an 8-byte keyed digest of the account,
+//! issue and expiry times as `u32` seconds since 2020-01-01 (good until 2156), the top
+//! bit of the expiry marking a revoked token. The table (dashmap, hashbrown underneath)
+//! adds one control byte per slot and keeps its load at or under 7/8, doubling its slots
+//! when full, so a table of `n` entries costs between `33 * n / 0.875` and `33 * 2n / 0.875`
+//! bytes. At 10 M entries the slots number 2^24: 16.8 M * 33 B = 553 MB, **55 bytes an
+//! entry** (measured by `benches/src/bin/ledger_memory.rs`, see `benches/RESULTS.md`).
+//!
+//! The account digest is SipHash-2-4 under a per-process random key: an attacker who
+//! holds a signing key cannot search for a second account name with the same digest
+//! without knowing the key. A digest collision between two honest accounts (2^-64 per
+//! pair) would let one account's token pass for the other's; the signature and the
+//! `jti` must match as well, so it is not exploitable by itself.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use siphasher::sip::SipHasher24;
+
+use crate::error::LedgerError;
+
+/// Unix time 2020-01-01T00:00:00Z; compact times count from here.
+pub const EPOCH_BASE: u64 = 1_577_836_800;
+const REVOKED_BIT: u32 = 1 << 31;
+const TIME_MASK: u32 = REVOKED_BIT - 1;
+
+/// A token's identity in the ledger: the first 128 bits of SHA-256 over the `jti`
+/// (when the token has one) or over the whole compact token, with a domain prefix so
+/// that the two can never collide. SHA-256, not a fast hash: an attacker with a signing
+/// key chooses `jti` freely and must not find one that lands on an issued token's id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(pub [u8; 16]);
+
+impl TokenId {
+    /// The id of a token that carries a `jti`.
+    #[must_use]
+    pub fn from_jti(jti: &str) -> Self {
+        Self::digest(b"warden:jti:", jti.as_bytes())
+    }
+
+    /// The id of a token without a `jti`: a digest of the whole token.
+    #[must_use]
+    pub fn from_token(token: &str) -> Self {
+        Self::digest(b"warden:tok:", token.as_bytes())
+    }
+
+    fn digest(domain: &[u8], value: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(domain);
+        h.update(value);
+        let d = h.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&d[..16]);
+        Self(id)
+    }
+
+    /// Lower-case hex, the form used in the admin API and in events.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        for b in self.0 {
+            s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+            s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+        }
+        s
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(s: &str) -> Result<Self, LedgerError> {
+        let bad = || LedgerError::Invalid(format!("token id {:?} is not 32 hex digits", crate::token::truncate(s)));
+        if s.len() != 32 {
+            return Err(bad());
+        }
+        let mut id = [0u8; 16];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let hi = (chunk[0] as char).to_digit(16).ok_or_else(bad)?;
+            let lo = (chunk[1] as char).to_digit(16).ok_or_else(bad)?;
+            id[i] = (hi * 16 + lo) as u8;
+        }
+        Ok(Self(id))
+    }
+}
+
+impl std::fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenId({})", self.to_hex())
+    }
+}
+
+/// What the issuance process issued: one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The token's id.
+    pub id: TokenId,
+    /// The account the token was issued to.
+    pub account: String,
+    /// Issue time, unix seconds.
+    pub issued_at: u64,
+    /// Expiry, unix seconds.
+    pub expires_at: u64,
+    /// The key that signed it.
+    pub kid: String,
+}
+
+impl Record {
+    /// Checks the record's own consistency.
+    pub fn validate(&self) -> Result<(), LedgerError> {
+        if self.account.is_empty() || self.account.len() > 512 {
+            return Err(LedgerError::Invalid(format!(
+                "account must be 1..=512 bytes, got {}",
+                self.account.len()
+            )));
+        }
+        if self.kid.len() > 256 {
+            return Err(LedgerError::Invalid(format!("kid is {} bytes, over 256", self.kid.len())));
+        }
+        if self.expires_at <= self.issued_at {
+            return Err(LedgerError::Invalid(format!(
+                "expires_at {} is not after issued_at {}",
+                self.expires_at, self.issued_at
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A revocation order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// One token.
+    Token(TokenId),
+    /// Every token of an account issued at or before `at` (unix seconds). Tokens issued
+    /// later, after the account owner logs in again, are not affected.
+    Account {
+        /// The account.
+        account: String,
+        /// Cut-off, unix seconds.
+        at: u64,
+    },
+    /// Every token signed by a key id, whenever issued.
+    Kid(String),
+}
+
+/// The question the proxy asks for each verified token.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The token id.
+    pub id: TokenId,
+    /// The account the token claims.
+    pub account: &'a str,
+    /// The key id that verified it.
+    pub kid: &'a str,
+    /// The token's `iat`, if any.
+    pub issued_at: Option<u64>,
+}
+
+/// The ledger's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Answer {
+    /// Issued to this account and not revoked.
+    Issued,
+    /// No record: never issued (or already swept after expiry).
+    Unknown,
+    /// Issued, but to another account.
+    AccountMismatch,
+    /// Revoked, by token or by account.
+    RevokedToken,
+    /// Its key id was revoked in the ledger.
+    RevokedKey,
+}
+
+/// Counters a backend exposes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    /// Records in the index (including revoked ones until they expire).
+    pub entries: u64,
+    /// Records accepted since start.
+    pub recorded_total: u64,
+    /// Revocation orders applied since start.
+    pub revocations_total: u64,
+    /// Records removed after expiry since start.
+    pub swept_total: u64,
+}
+
+/// What the admin API shows of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView {
+    /// The record.
+    pub record: Record,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// A token ledger backend.
+///
+/// The proxy calls [`Ledger::check_local`] first on every protected request; only when it
+/// returns `None` does it await [`Ledger::check`], under the configured timeout. Remote
+/// backends (Redis) answer from a local cache where they can and go remote otherwise.
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// A short, fixed name for logs and metrics (`embedded`, `redis`).
+    fn name(&self) -> &'static str;
+
+    /// Answers from memory without waiting, or `None` if the backend must be asked.
+    /// The default has no local answer.
+    fn check_local(&self, _query: &Query<'_>) -> Option<Answer> {
+        None
+    }
+
+    /// Answers whether a verified token was issued.
+    async fn check(&self, query: &Query<'_>) -> Result<Answer, LedgerError>;
+
+    /// Stores records. `Ok` means every record is durable and visible to `check`.
+    async fn record(&self, records: Vec<Record>) -> Result<(), LedgerError>;
+
+    /// Applies a revocation durably; returns how many records it marked (0 for a
+    /// key-id or an account with no known token, which still takes effect).
+    async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError>;
+
+    /// Reads one record, for the admin API.
+    async fn get(&self, id: &TokenId) -> Result<Option<RecordView>, LedgerError>;
+
+    /// Counters.
+    fn stats(&self) -> LedgerStats;
+
+    /// Removes records that expired before `now - grace_seconds`; returns how many.
+    /// The default removes nothing (for backends whose store expires records itself).
+    async fn sweep(&self, _now: u64, _grace_seconds: u64) -> Result<u64, LedgerError> {
+        Ok(0)
+    }
+}
+
+/// Converts unix seconds to the compact form, saturating.
+#[must_use]
+pub fn compact_time(unix: u64) -> u32 {
+    let rel = unix.saturating_sub(EPOCH_BASE);
+    u32::try_from(rel).unwrap_or(TIME_MASK).min(TIME_MASK)
+}
+
+/// Converts the compact form back to unix seconds.
+#[must_use]
+pub fn unix_time(compact: u32) -> u64 {
+    u64::from(compact & TIME_MASK) + EPOCH_BASE
+}
+
+/// One index entry; 16 bytes, alignment 4. See the module docs for the memory figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packed {
+    account: [u32; 2],
+    issued_at: u32,
+    /// Compact expiry; [`REVOKED_BIT`] marks a revoked token.
+    expires: u32,
+}
+
+impl Packed {
+    /// Whether the token was revoked.
+    #[must_use]
+    pub fn revoked(&self) -> bool {
+        self.expires & REVOKED_BIT != 0
+    }
+
+    /// Expiry, unix seconds.
+    #[must_use]
+    pub fn expires_at(&self) -> u64 {
+        unix_time(self.expires)
+    }
+
+    /// Issue time, unix seconds.
+    #[must_use]
+    pub fn issued_at(&self) -> u64 {
+        unix_time(self.issued_at)
+    }
+}
+
+/// Hashes a [`TokenId`] by taking its first 8 bytes: ids are SHA-256 output, so they are
+/// already uniform, and running SipHash over them again would only cost time.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct IdHasherBuilder;
+
+/// See [`IdHasherBuilder`].
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // TokenId hashes as one 16-byte slice (after a length prefix for arrays of u8 it
+        // is written as-is); fold whatever arrives so any caller stays correct.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+impl BuildHasher for IdHasherBuilder {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// The in-memory ledger index, shared by all worker threads. Lock-free reads in the
+/// dashmap sense (sharded `RwLock`s, readers never wait for each other).
+pub struct MemIndex {
+    tokens: DashMap<TokenId, Packed, IdHasherBuilder>,
+    /// Account digest -> compact cut-off: tokens of that account issued at or before
+    /// the cut-off are revoked.
+    revoked_accounts: DashMap<u64, u32>,
+    revoked_kids: DashMap<String, ()>,
+    account_key: (u64, u64),
+    recorded_total: AtomicU64,
+    revocations_total: AtomicU64,
+    swept_total: AtomicU64,
+}
+
+impl Default for MemIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemIndex {
+    /// An empty index with a fresh random account-digest key.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut seed = [0u8; 16];
+        // Without OS randomness fall back to a fixed key: the digest then only loses its
+        // resistance to deliberate collisions, which the signature check still covers.
+        if getrandom::fill(&mut seed).is_err() {
+            seed = *b"warden-fallback!";
+        }
+        let k0 = u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8]));
+        let k1 = u64::from_le_bytes(seed[8..].try_into().unwrap_or([0; 8]));
+        Self::with_capacity_and_key(0, (k0, k1))
+    }
+
+    /// An index sized for `capacity` entries with a given account-digest key.
+    #[must_use]
+    pub fn with_capacity_and_key(capacity: usize, account_key: (u64, u64)) -> Self {
+        Self {
+            tokens: DashMap::with_capacity_and_hasher(capacity, IdHasherBuilder),
+            revoked_accounts: DashMap::new(),
+            revoked_kids: DashMap::new(),
+            account_key,
+            recorded_total: AtomicU64::new(0),
+            revocations_total: AtomicU64::new(0),
+            swept_total: AtomicU64::new(0),
+        }
+    }
+
+    fn account_digest(&self, account: &str) -> u64 {
+        let mut h = SipHasher24::new_with_keys(self.account_key.0, self.account_key.1);
+        h.write(account.as_bytes());
+        h.finish()
+    }
+
+    /// Inserts or replaces a record. A revoked record stays revoked.
+    pub fn insert(&self, record: &Record) {
+        self.insert_with(record, false);
+    }
+
+    /// Inserts a record with its revoked flag, as loaded from a store.
+    pub fn insert_with(&self, record: &Record, revoked: bool) {
+        let d = self.account_digest(&record.account);
+        let mut expires = compact_time(record.expires_at);
+        if revoked {
+            expires |= REVOKED_BIT;
+        }
+        let packed = Packed {
+            account: [d as u32, (d >> 32) as u32],
+            issued_at: compact_time(record.issued_at),
+            expires,
+        };
+        self.tokens
+            .entry(record.id)
+            .and_modify(|p| {
+                let was_revoked = p.revoked();
+                *p = packed;
+                if was_revoked {
+                    p.expires |= REVOKED_BIT;
+                }
+            })
+            .or_insert(packed);
+        self.recorded_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Applies a revocation; returns how many entries it marked.
+    pub fn revoke(&self, revocation: &Revocation) -> u64 {
+        self.revocations_total.fetch_add(1, Ordering::Relaxed);
+        match revocation {
+            Revocation::Token(id) => match self.tokens.get_mut(id) {
+                Some(mut p) => {
+                    p.expires |= REVOKED_BIT;
+                    1
+                }
+                None => 0,
+            },
+            Revocation::Account { account, at } => {
+                let d = self.account_digest(account);
+                let cut = compact_time(*at);
+                self.revoked_accounts
+                    .entry(d)
+                    .and_modify(|c| *c = (*c).max(cut))
+                    .or_insert(cut);
+                0
+            }
+            Revocation::Kid(kid) => {
+                self.revoked_kids.insert(kid.clone(), ());
+                0
+            }
+        }
+    }
+
+    /// Answers a query.
+    pub fn answer(&self, q: &Query<'_>) -> Answer {
+        if !self.revoked_kids.is_empty() && self.revoked_kids.contains_key(q.kid) {
+            return Answer::RevokedKey;
+        }
+        let Some(p) = self.tokens.get(&q.id).map(|p| *p) else {
+            return Answer::Unknown;
+        };
+        let d = self.account_digest(q.account);
+        if p.account != [d as u32, (d >> 32) as u32] {
+            return Answer::AccountMismatch;
+        }
+        if p.revoked() {
+            return Answer::RevokedToken;
+        }
+        if !self.revoked_accounts.is_empty() {
+            if let Some(cut) = self.revoked_accounts.get(&d) {
+                if p.issued_at <= *cut {
+                    return Answer::RevokedToken;
+                }
+            }
+        }
+        Answer::Issued
+    }
+
+    /// The packed entry for an id.
+    #[must_use]
+    pub fn get(&self, id: &TokenId) -> Option<Packed> {
+        self.tokens.get(id).map(|p| *p)
+    }
+
+    /// Whether a key id was revoked in the ledger.
+    #[must_use]
+    pub fn kid_revoked(&self, kid: &str) -> bool {
+        self.revoked_kids.contains_key(kid)
+    }
+
+    /// Ids whose expiry is before `before` (unix seconds), at most `limit` of them.
+    #[must_use]
+    pub fn expired(&self, before: u64, limit: usize) -> Vec<TokenId> {
+        let cut = compact_time(before);
+        self.tokens
+            .iter()
+            .filter(|e| e.value().expires & TIME_MASK < cut)
+            .take(limit)
+            .map(|e| *e.key())
+            .collect()
+    }
+
+    /// Removes ids (after a sweep has removed them from the store).
+    pub fn remove_all(&self, ids: &[TokenId]) {
+        for id in ids {
+            if self.tokens.remove(id).is_some() {
+                self.swept_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> LedgerStats {
+        LedgerStats {
+            entries: self.tokens.len() as u64,
+            recorded_total: self.recorded_total.load(Ordering::Relaxed),
+            revocations_total: self.revocations_total.load(Ordering::Relaxed),
+            swept_total: self.swept_total.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(jti: &str, account: &str, iat: u64) -> Record {
+        Record {
+            id: TokenId::from_jti(jti),
+            account: account.into(),
+            issued_at: iat,
+            expires_at: iat + 3600,
+            kid: "k1".into(),
+        }
+    }
+
+    fn q<'a>(jti: &str, account: &'a str) -> Query<'a> {
+        Query {
+            id: TokenId::from_jti(jti),
+            account,
+            kid: "k1",
+            issued_at: None,
+        }
+    }
+
+    #[test]
+    fn entry_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<(TokenId, Packed)>(), 32);
+    }
+
+    #[test]
+    fn answers_issued_unknown_and_mismatch() {
+        let idx = MemIndex::new();
+        idx.insert(&rec("t1", "alice", EPOCH_BASE + 10));
+        assert_eq!(idx.answer(&q("t1", "alice")), Answer::Issued);
+        assert_eq!(idx.answer(&q("t1", "bob")), Answer::AccountMismatch);
+        assert_eq!(idx.answer(&q("t2", "alice")), Answer::Unknown);
+    }
+
+    #[test]
+    fn ids_from_jti_and_token_never_meet() {
+        assert_ne!(TokenId::from_jti("x"), TokenId::from_token("x"));
+        let id = TokenId::from_jti("x");
+        assert_eq!(TokenId::from_hex(&id.to_hex()), Ok(id));
+        assert!(TokenId::from_hex("zz").is_err());
+        assert!(TokenId::from_hex(&"g".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn revocations_by_token_account_and_kid() {
+        let idx = MemIndex::new();
+        let t0 = EPOCH_BASE + 1000;
+        idx.insert(&rec("a1", "alice", t0));
+        idx.insert(&rec("a2", "alice", t0 + 100));
+        idx.insert(&rec("b1", "bob", t0));
+        assert_eq!(idx.revoke(&Revocation::Token(TokenId::from_jti("b1"))), 1);
+        assert_eq!(idx.answer(&q("b1", "bob")), Answer::RevokedToken);
+        // Re-recording a revoked token does not resurrect it.
+        idx.insert(&rec("b1", "bob", t0));
+        assert_eq!(idx.answer(&q("b1", "bob")), Answer::RevokedToken);
+
+        let _ = idx.revoke(&Revocation::Account {
+            account: "alice".into(),
+            at: t0 + 50,
+        });
+        assert_eq!(idx.answer(&q("a1", "alice")), Answer::RevokedToken);
+        assert_eq!(idx.answer(&q("a2", "alice")), Answer::Issued);
+
+        let _ = idx.revoke(&Revocation::Kid("k1".into()));
+        assert_eq!(idx.answer(&q("a2", "alice")), Answer::RevokedKey);
+    }
+
+    #[test]
+    fn sweeps_expired() {
+        let idx = MemIndex::new();
+        let t0 = EPOCH_BASE + 1000;
+        idx.insert(&rec("a", "alice", t0));
+        idx.insert(&rec("b", "bob", t0 + 10_000));
+        let gone = idx.expired(t0 + 3601, 100);
+        assert_eq!(gone, vec![TokenId::from_jti("a")]);
+        idx.remove_all(&gone);
+        assert_eq!(idx.stats().entries, 1);
+        assert_eq!(idx.stats().swept_total, 1);
+    }
+
+    #[test]
+    fn compact_times_saturate() {
+        assert_eq!(unix_time(compact_time(0)), EPOCH_BASE);
+        assert_eq!(unix_time(compact_time(EPOCH_BASE + 5)), EPOCH_BASE + 5);
+        assert_eq!(compact_time(u64::MAX), TIME_MASK);
+    }
+}

@@ -1,0 +1,350 @@
+//! Token verification with a cache, so a known-good token does not pay a signature check
+//! on every request.
+//!
+//! ## The cache
+//! Keyed by SipHash-1-3-128 of the whole compact token under a per-process random key.
+//! A hit means "this exact byte string verified before"; the 128-bit keyed digest makes
+//! a forged collision infeasible for anyone who does not know the key (it never leaves
+//! the process). On a hit warden still re-checks, on every request: the key is still in
+//! the registry with the same material (fingerprint), its lifecycle allows the token,
+//! `exp`/`nbf` against `now`, and the ledger. Only the signature and the parsing are
+//! skipped.
+//!
+//! Only tokens the ledger confirmed are cached ([`Verifier::remember`]), so an attacker
+//! cannot fill the cache with tokens of their own. Memory: one entry is the 16-byte key
+//! plus an `Arc<Verified>` (about 120 bytes with its account and id); the cache holds at
+//! most `cache_capacity` entries (default 1 M, about 150 MB at the worst). When full,
+//! expired entries are dropped first; if that is not enough, the cache is cleared, and
+//! tokens are simply verified again once.
+
+use std::hash::Hasher as _;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use jsonwebtoken::Algorithm;
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
+use std::sync::RwLock;
+
+use crate::keys::{Key, KeyRegistry, KeyUse};
+use crate::ledger::{Answer, Record, TokenId};
+use crate::reason::Reason;
+use crate::token::{self, numeric_date, string_claim};
+
+/// What the verifier checks beyond the signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` (a string, or one element of an array), if set.
+    pub audience: Option<String>,
+    /// The claim naming the account (default `sub`).
+    pub account_claim: String,
+    /// Tokens longer than this are refused before any parsing.
+    pub max_token_bytes: usize,
+    /// Most tokens the verification cache holds.
+    pub cache_capacity: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            leeway_seconds: 30,
+            issuer: None,
+            audience: None,
+            account_claim: "sub".into(),
+            max_token_bytes: 8192,
+            cache_capacity: 1_000_000,
+        }
+    }
+}
+
+/// What warden keeps of a token that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The ledger id (`jti` digest, or digest of the token).
+    pub id: TokenId,
+    /// The account claim.
+    pub account: Box<str>,
+    /// The key id that verified it.
+    pub kid: Arc<str>,
+    /// Fingerprint of that key's material.
+    pub key_fingerprint: u64,
+    /// `iat`.
+    pub issued_at: Option<u64>,
+    /// `exp` (required).
+    pub expires_at: u64,
+    /// `nbf`.
+    pub not_before: Option<u64>,
+}
+
+/// The result of verifying one token.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Checked {
+    /// What verified.
+    pub verified: Arc<Verified>,
+    /// The cache key of the token.
+    pub cache_key: u128,
+    /// Whether the signature check was skipped thanks to the cache.
+    pub cached: bool,
+}
+
+/// Verifies tokens against the current registry and policy.
+pub struct Verifier {
+    registry: RwLock<Arc<KeyRegistry>>,
+    policy: Policy,
+    cache: DashMap<u128, Arc<Verified>>,
+    sip_key: (u64, u64),
+}
+
+impl Verifier {
+    /// A verifier over a registry.
+    #[must_use]
+    pub fn new(registry: KeyRegistry, policy: Policy) -> Self {
+        let mut seed = [0u8; 16];
+        if getrandom::fill(&mut seed).is_err() {
+            // No OS randomness: the cache would be keyed by a known key, so keep it off.
+            seed = [0; 16];
+        }
+        let k0 = u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8]));
+        let k1 = u64::from_le_bytes(seed[8..].try_into().unwrap_or([0; 8]));
+        let mut policy = policy;
+        if k0 == 0 && k1 == 0 {
+            policy.cache_capacity = 0;
+        }
+        Self {
+            registry: RwLock::new(Arc::new(registry)),
+            policy,
+            cache: DashMap::new(),
+            sip_key: (k0, k1),
+        }
+    }
+
+    /// The policy in force.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The current registry.
+    #[must_use]
+    pub fn registry(&self) -> Arc<KeyRegistry> {
+        match self.registry.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Swaps in a new registry. Cached tokens are re-checked against it on their next use
+    /// (a kid that disappeared or whose material changed is verified afresh).
+    pub fn swap_registry(&self, registry: KeyRegistry) {
+        let new = Arc::new(registry);
+        match self.registry.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+
+    fn cache_key(&self, token: &str) -> u128 {
+        let mut h = SipHasher13::new_with_keys(self.sip_key.0, self.sip_key.1);
+        h.write(token.as_bytes());
+        h.finish128().as_u128()
+    }
+
+    /// Verifies a token for a request at `now` (unix seconds).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Checked, Reason> {
+        if token.len() > self.policy.max_token_bytes {
+            return Err(Reason::Malformed);
+        }
+        let registry = self.registry();
+        let cache_key = self.cache_key(token);
+        if let Some(v) = self.cache.get(&cache_key).map(|v| Arc::clone(&v)) {
+            match registry.get(&v.kid) {
+                Some(key) if key.fingerprint == v.key_fingerprint => {
+                    self.check_live(&v, key, now)?;
+                    return Ok(Checked {
+                        verified: v,
+                        cache_key,
+                        cached: true,
+                    });
+                }
+                Some(_) => {} // material changed under the same kid: verify afresh
+                None => return Err(Reason::UnknownKid),
+            }
+        }
+        let (verified, key) = self.verify_fresh(token, &registry)?;
+        self.check_live(&verified, &key, now)?;
+        Ok(Checked {
+            verified: Arc::new(verified),
+            cache_key,
+            cached: false,
+        })
+    }
+
+    /// Caches a token the ledger confirmed, so its next use skips the signature.
+    pub fn remember(&self, checked: &Checked) {
+        if checked.cached || self.policy.cache_capacity == 0 {
+            return;
+        }
+        if self.cache.len() >= self.policy.cache_capacity {
+            return;
+        }
+        self.cache
+            .insert(checked.cache_key, Arc::clone(&checked.verified));
+    }
+
+    /// Drops cached tokens expired at `now`; if the cache is still over 90 % full, clears
+    /// it. Called periodically by the proxy's maintenance task. Returns entries dropped.
+    pub fn sweep_cache(&self, now: u64) -> usize {
+        let before = self.cache.len();
+        self.cache
+            .retain(|_, v| v.expires_at + self.policy.leeway_seconds >= now);
+        if self.cache.len() * 10 > self.policy.cache_capacity * 9 {
+            self.cache.clear();
+        }
+        before - self.cache.len()
+    }
+
+    /// Tokens in the cache.
+    #[must_use]
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Verifies a token observed in a login response (or sent by the issuance service)
+    /// and turns it into a ledger record. The key must be allowed to sign it now.
+    pub fn record_for_issued(&self, token: &str, now: u64) -> Result<Record, Reason> {
+        if token.len() > self.policy.max_token_bytes {
+            return Err(Reason::Malformed);
+        }
+        let registry = self.registry();
+        let (v, key) = self.verify_fresh(token, &registry)?;
+        self.check_live(&v, &key, now)?;
+        Ok(Record {
+            id: v.id,
+            account: v.account.into(),
+            issued_at: v.issued_at.unwrap_or(now),
+            expires_at: v.expires_at,
+            kid: v.kid.to_string(),
+        })
+    }
+
+    fn check_live(&self, v: &Verified, key: &Key, now: u64) -> Result<(), Reason> {
+        match key.check_use(v.issued_at) {
+            KeyUse::Allowed => {}
+            KeyUse::Revoked => return Err(Reason::RevokedKey),
+            KeyUse::Retired => return Err(Reason::RetiredKey),
+        }
+        let leeway = self.policy.leeway_seconds;
+        if now > v.expires_at.saturating_add(leeway) {
+            return Err(Reason::Expired);
+        }
+        if let Some(nbf) = v.not_before {
+            if now.saturating_add(leeway) < nbf {
+                return Err(Reason::NotYetValid);
+            }
+        }
+        Ok(())
+    }
+
+    fn verify_fresh(
+        &self,
+        token: &str,
+        registry: &KeyRegistry,
+    ) -> Result<(Verified, Arc<Key>), Reason> {
+        let parsed =
+            token::parse(token, self.policy.max_token_bytes).map_err(|_| Reason::Malformed)?;
+        let kid = parsed.header.kid.as_deref().ok_or(Reason::UnknownKid)?;
+        let key = registry.get(kid).ok_or(Reason::UnknownKid)?;
+        if parsed.header.alg != key.alg {
+            return Err(Reason::AlgMismatch);
+        }
+        if !signature_ok(&parsed, key) {
+            return Err(Reason::BadSignature);
+        }
+        let c = &parsed.claims;
+        let bad = |_| Reason::BadClaims;
+        let expires_at = numeric_date(c, "exp").map_err(bad)?.ok_or(Reason::BadClaims)?;
+        let issued_at = numeric_date(c, "iat").map_err(bad)?;
+        let not_before = numeric_date(c, "nbf").map_err(bad)?;
+        if let Some(iss) = &self.policy.issuer {
+            if string_claim(c, "iss").map_err(bad)? != Some(iss.as_str()) {
+                return Err(Reason::BadClaims);
+            }
+        }
+        if let Some(aud) = &self.policy.audience {
+            let ok = match c.get("aud") {
+                Some(serde_json::Value::String(s)) => s == aud,
+                Some(serde_json::Value::Array(a)) => {
+                    a.iter().any(|v| v.as_str() == Some(aud.as_str()))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(Reason::BadClaims);
+            }
+        }
+        let account = string_claim(c, &self.policy.account_claim)
+            .map_err(bad)?
+            .filter(|a| !a.is_empty())
+            .ok_or(Reason::BadClaims)?;
+        let id = match string_claim(c, "jti").map_err(bad)? {
+            Some(jti) if !jti.is_empty() => TokenId::from_jti(jti),
+            _ => TokenId::from_token(token),
+        };
+        Ok((
+            Verified {
+                id,
+                account: account.into(),
+                kid: Arc::clone(&key.kid),
+                key_fingerprint: key.fingerprint,
+                issued_at,
+                expires_at,
+                not_before,
+            },
+            Arc::clone(key),
+        ))
+    }
+}
+
+fn signature_ok(parsed: &token::ParsedToken<'_>, key: &Key) -> bool {
+    // ECDSA signatures in JWS are fixed-size r||s; anything else is refused before the
+    // backend sees it (r or s of zero are rejected by the backend's range checks).
+    let expected_len = match key.alg {
+        Algorithm::ES256 => Some(64usize),
+        Algorithm::ES384 => Some(96),
+        Algorithm::EdDSA => Some(64),
+        _ => None,
+    };
+    if let Some(len) = expected_len {
+        // base64url without padding: 4 chars per 3 bytes, rounded up.
+        if parsed.signature_b64.len() != (len * 4).div_ceil(3) {
+            return false;
+        }
+    }
+    jsonwebtoken::crypto::verify(
+        parsed.signature_b64,
+        parsed.signing_input.as_bytes(),
+        &key.decoding,
+        key.alg,
+    )
+    .unwrap_or(false)
+}
+
+/// Maps a ledger answer to the request's provenance reason.
+#[must_use]
+pub fn reason_for(answer: Answer) -> Reason {
+    match answer {
+        Answer::Issued => Reason::Ok,
+        Answer::Unknown => Reason::Forged,
+        Answer::AccountMismatch => Reason::AccountMismatch,
+        Answer::RevokedToken => Reason::RevokedToken,
+        Answer::RevokedKey => Reason::RevokedKey,
+    }
+}
+
+#[cfg(test)]
+#[path = "verify_tests.rs"]
+mod tests;

@@ -1,0 +1,246 @@
+use serde_json::json;
+
+use super::*;
+use crate::fixtures::{mint, mint_raw, SampleKey};
+use crate::keys::{KeyRegistry, KeyState};
+use crate::ledger::{MemIndex, Query};
+
+const NOW: u64 = 1_800_000_000;
+
+fn registry() -> KeyRegistry {
+    KeyRegistry::build(vec![
+        SampleKey::RsA.spec("rs", KeyState::Active),
+        SampleKey::Es.spec("es", KeyState::Active),
+        SampleKey::Ed.spec("ed", KeyState::Active),
+        SampleKey::Hs.spec("hs", KeyState::Active),
+        SampleKey::RsB.spec("old", KeyState::Retired { at: NOW - 100 }),
+        SampleKey::RsB.spec("gone", KeyState::Revoked),
+    ])
+    .expect("registry builds")
+}
+
+fn verifier() -> Verifier {
+    Verifier::new(registry(), Policy::default())
+}
+
+fn claims(jti: &str) -> serde_json::Value {
+    json!({"sub": "alice", "jti": jti, "iat": NOW - 10, "exp": NOW + 600})
+}
+
+#[test]
+fn every_algorithm_verifies() {
+    let v = verifier();
+    for (key, kid) in [
+        (SampleKey::RsA, "rs"),
+        (SampleKey::Es, "es"),
+        (SampleKey::Ed, "ed"),
+        (SampleKey::Hs, "hs"),
+    ] {
+        let t = mint(key, kid, &claims(kid)).expect("mint");
+        let c = v.verify(&t, NOW).unwrap_or_else(|r| panic!("{kid}: {r}"));
+        assert_eq!(&*c.verified.account, "alice");
+        assert_eq!(c.verified.id, TokenId::from_jti(kid));
+        assert!(!c.cached);
+    }
+}
+
+#[test]
+fn cache_skips_signature_but_not_lifecycle_or_time() {
+    let v = verifier();
+    let t = mint(SampleKey::RsA, "rs", &claims("c1")).expect("mint");
+    let c = v.verify(&t, NOW).expect("verifies");
+    v.remember(&c);
+    let again = v.verify(&t, NOW).expect("verifies");
+    assert!(again.cached);
+    // Expiry is still checked on a cache hit.
+    assert_eq!(v.verify(&t, NOW + 600 + 31).err(), Some(Reason::Expired));
+    // A registry change that revokes the key applies to cached tokens.
+    v.swap_registry(
+        KeyRegistry::build(vec![SampleKey::RsA.spec("rs", KeyState::Revoked)]).expect("builds"),
+    );
+    assert_eq!(v.verify(&t, NOW).err(), Some(Reason::RevokedKey));
+    // A kid that disappears is unknown, cached or not.
+    v.swap_registry(KeyRegistry::build(vec![]).expect("builds"));
+    assert_eq!(v.verify(&t, NOW).err(), Some(Reason::UnknownKid));
+}
+
+#[test]
+fn changed_material_under_same_kid_is_verified_again() {
+    let v = verifier();
+    let t = mint(SampleKey::RsA, "rs", &claims("m1")).expect("mint");
+    let c = v.verify(&t, NOW).expect("verifies");
+    v.remember(&c);
+    v.swap_registry(
+        KeyRegistry::build(vec![SampleKey::RsB.spec("rs", KeyState::Active)]).expect("builds"),
+    );
+    assert_eq!(v.verify(&t, NOW).err(), Some(Reason::BadSignature));
+}
+
+#[test]
+fn refusals_carry_the_right_reason() {
+    let v = verifier();
+    let cases: Vec<(&str, String, Reason)> = vec![
+        (
+            "other key, known kid",
+            mint(SampleKey::RsB, "rs", &claims("x")).expect("mint"),
+            Reason::BadSignature,
+        ),
+        (
+            "unknown kid",
+            mint(SampleKey::RsA, "nope", &claims("x")).expect("mint"),
+            Reason::UnknownKid,
+        ),
+        (
+            "revoked key",
+            mint(SampleKey::RsB, "gone", &claims("x")).expect("mint"),
+            Reason::RevokedKey,
+        ),
+        (
+            "retired key, issued after retirement",
+            mint(SampleKey::RsB, "old", &claims("x")).expect("mint"),
+            Reason::RetiredKey,
+        ),
+        (
+            "expired",
+            mint(SampleKey::RsA, "rs", &json!({"sub":"a","exp": NOW - 31})).expect("mint"),
+            Reason::Expired,
+        ),
+        (
+            "not yet valid",
+            mint(SampleKey::RsA, "rs", &json!({"sub":"a","exp": NOW + 900, "nbf": NOW + 300}))
+                .expect("mint"),
+            Reason::NotYetValid,
+        ),
+        (
+            "no exp",
+            mint(SampleKey::RsA, "rs", &json!({"sub":"a"})).expect("mint"),
+            Reason::BadClaims,
+        ),
+        (
+            "no account",
+            mint(SampleKey::RsA, "rs", &json!({"exp": NOW + 60})).expect("mint"),
+            Reason::BadClaims,
+        ),
+        (
+            "alg none",
+            mint_raw(SampleKey::RsA, r#"{"alg":"none","kid":"rs"}"#, r#"{"sub":"a"}"#)
+                .expect("mint"),
+            Reason::Malformed,
+        ),
+        (
+            "jku header",
+            mint_raw(
+                SampleKey::RsA,
+                r#"{"alg":"RS256","kid":"rs","jku":"http://127.0.0.1:1/k"}"#,
+                r#"{"sub":"a","exp":1900000000}"#,
+            )
+            .expect("mint"),
+            Reason::Malformed,
+        ),
+    ];
+    for (name, token, want) in cases {
+        assert_eq!(v.verify(&token, NOW).err(), Some(want), "{name}");
+    }
+}
+
+#[test]
+fn retired_key_still_passes_tokens_issued_before_retirement() {
+    let v = verifier();
+    let t = mint(
+        SampleKey::RsB,
+        "old",
+        &json!({"sub":"a","iat": NOW - 100,"exp": NOW + 60}),
+    )
+    .expect("mint");
+    assert!(v.verify(&t, NOW).is_ok());
+}
+
+#[test]
+fn hs_rs_confusion_is_refused() {
+    // The attacker signs HS256 with the RSA public key PEM as the HMAC secret.
+    let v = verifier();
+    let header = r#"{"alg":"HS256","kid":"rs"}"#;
+    let payload = format!(r#"{{"sub":"a","exp":{}}}"#, NOW + 60);
+    let input = format!(
+        "{}.{}",
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header),
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &payload)
+    );
+    let sig = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(crate::fixtures::RS256_A_PUB.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .expect("sign");
+    let token = format!("{input}.{sig}");
+    assert_eq!(v.verify(&token, NOW).err(), Some(Reason::AlgMismatch));
+}
+
+#[test]
+fn tampered_payload_fails_the_signature() {
+    let v = verifier();
+    let t = mint(SampleKey::RsA, "rs", &claims("tp")).expect("mint");
+    let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+    let forged_payload = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        format!(r#"{{"sub":"mallory","jti":"tp","iat":{},"exp":{}}}"#, NOW - 10, NOW + 600),
+    );
+    parts[1] = forged_payload;
+    assert_eq!(v.verify(&parts.join("."), NOW).err(), Some(Reason::BadSignature));
+}
+
+#[test]
+fn ecdsa_zero_signature_is_refused() {
+    // CVE-2022-21449 ("psychic signatures"): r = s = 0 must never verify.
+    let v = verifier();
+    let t = mint(SampleKey::Es, "es", &claims("z")).expect("mint");
+    let input = t.rsplit_once('.').map(|(i, _)| i).expect("dots");
+    let zero = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [0u8; 64]);
+    assert_eq!(
+        v.verify(&format!("{input}.{zero}"), NOW).err(),
+        Some(Reason::BadSignature)
+    );
+}
+
+#[test]
+fn only_confirmed_tokens_enter_the_cache() {
+    let v = verifier();
+    let t = mint(SampleKey::RsA, "rs", &claims("only")).expect("mint");
+    let c = v.verify(&t, NOW).expect("verifies");
+    assert_eq!(v.cache_len(), 0);
+    v.remember(&c);
+    assert_eq!(v.cache_len(), 1);
+    assert_eq!(v.sweep_cache(NOW + 10_000), 1);
+}
+
+#[test]
+fn forged_then_recorded() {
+    let v = verifier();
+    let idx = MemIndex::new();
+    let t = mint(SampleKey::RsA, "rs", &claims("f1")).expect("mint");
+    let c = v.verify(&t, NOW).expect("verifies");
+    let q = Query {
+        id: c.verified.id,
+        account: &c.verified.account,
+        kid: &c.verified.kid,
+        issued_at: c.verified.issued_at,
+    };
+    assert_eq!(reason_for(idx.answer(&q)), Reason::Forged);
+    idx.insert(&v.record_for_issued(&t, NOW).expect("record"));
+    assert_eq!(reason_for(idx.answer(&q)), Reason::Ok);
+}
+
+#[test]
+fn record_for_issued_refuses_retired_key_use() {
+    let v = verifier();
+    let t = mint(SampleKey::RsB, "old", &claims("late")).expect("mint");
+    assert_eq!(v.record_for_issued(&t, NOW).err(), Some(Reason::RetiredKey));
+}
+
+#[test]
+fn token_without_jti_is_identified_by_digest() {
+    let v = verifier();
+    let t = mint(SampleKey::RsA, "rs", &json!({"sub":"a","exp": NOW + 60})).expect("mint");
+    let c = v.verify(&t, NOW).expect("verifies");
+    assert_eq!(c.verified.id, TokenId::from_token(&t));
+}
