@@ -1,0 +1,282 @@
+//! The compiled configuration. Never deserialized: built only by [`crate::compile`], so
+//! every value here has been checked.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use warden_core::keys::KeySpec;
+use warden_core::verify::Policy;
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub source: PathBuf,
+    /// Listeners and process settings.
+    pub server: Server,
+    /// The admin listener.
+    pub admin: Admin,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// How the client address is found.
+    pub client_ip: ClientIp,
+    /// Where the token is read from.
+    pub token: TokenSource,
+    /// Verification policy.
+    pub policy: Policy,
+    /// Keys, with their material read.
+    pub keys: Vec<KeySpec>,
+    /// The token ledger.
+    pub ledger: Ledger,
+    /// Route classes by path.
+    pub routes: Routes,
+}
+
+/// Listeners and process settings.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Proxy listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Socket for graceful upgrade handover.
+    pub upgrade_sock: PathBuf,
+    /// PID file.
+    pub pid_file: PathBuf,
+    /// How long an old process keeps serving after an upgrade or SIGTERM before closing
+    /// its listeners.
+    pub grace_period: Duration,
+    /// How long in-flight requests get to finish after that.
+    pub graceful_shutdown_timeout: Duration,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Listen address (loopback by default).
+    pub listen: SocketAddr,
+    /// File holding the bearer token for mutating endpoints; without it they are
+    /// refused.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Upstream servers, used round-robin.
+    pub peers: Vec<SocketAddr>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time to wait for each read from the upstream.
+    pub read_timeout: Duration,
+    /// Time to wait for each write to the upstream.
+    pub write_timeout: Duration,
+    /// How long an idle keepalive connection is kept.
+    pub idle_timeout: Duration,
+    /// Host header to send, if it must be rewritten.
+    pub host_header: Option<String>,
+}
+
+/// An IP network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside the network. IPv4-mapped IPv6 addresses match IPv4 networks.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address (a host network).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("prefix {p:?} is not a number from 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// Which header carries the original client address when the peer is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for=proxy1`.
+    Forwarded,
+}
+
+/// How the client address is found.
+#[derive(Debug, Clone)]
+pub struct ClientIp {
+    /// Peers whose forwarding header is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The header they set.
+    pub header: ForwardedHeader,
+}
+
+/// Where the token is read from.
+#[derive(Debug, Clone)]
+pub struct TokenSource {
+    /// Header carrying `Bearer <token>` (lower-case name).
+    pub header: Option<String>,
+    /// Cookie carrying the token.
+    pub cookie: Option<String>,
+}
+
+/// Ledger backend choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// redb file on local disk.
+    Embedded {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The token ledger.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    /// Which backend.
+    pub backend: Backend,
+    /// Longest wait for a backend answer before the fail mode applies.
+    pub timeout: Duration,
+    /// How long a request with a just-issued, unknown token waits for its record.
+    pub issuance_wait: Duration,
+    /// A token counts as just-issued if its `iat` is at most this old.
+    pub issuance_window: Duration,
+    /// Most requests waiting for a record at once; beyond, unknown tokens are refused
+    /// at once.
+    pub max_waiters: usize,
+    /// Most write requests queued for the store.
+    pub write_queue: usize,
+    /// How often expired records are removed.
+    pub sweep_interval: Duration,
+    /// Records are kept this long past their expiry (so late requests get `expired`,
+    /// not `forged`).
+    pub expiry_grace: Duration,
+}
+
+/// What warden does on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteClass {
+    /// Token provenance enforced.
+    Protected,
+    /// Login/token endpoints: responses are watched for issued tokens.
+    Issuance,
+    /// Proxied without enforcement, still counted.
+    Open,
+}
+
+impl RouteClass {
+    /// The label value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Protected => "protected",
+            Self::Issuance => "issuance",
+            Self::Open => "open",
+        }
+    }
+}
+
+/// What happens when the ledger cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refuse the request (503).
+    Closed,
+    /// Let it through, with a loud event and metric.
+    Open,
+}
+
+/// Where a login response carries the token it issues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capture {
+    /// A field of a JSON body, as a path of object keys (`data.access_token`).
+    JsonField(Vec<String>),
+    /// A `Set-Cookie` of this name.
+    Cookie(String),
+}
+
+/// A path pattern: exact, or a prefix when written with a trailing `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    /// The whole path.
+    Exact(String),
+    /// Any path starting with this.
+    Prefix(String),
+}
+
+impl PathPattern {
+    /// Whether a (normalized) path matches.
+    #[must_use]
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(p) => path == p,
+            Self::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its name (metrics label, events).
+    pub name: String,
+    /// Its class.
+    pub class: RouteClass,
+    /// Paths it covers.
+    pub paths: Vec<PathPattern>,
+    /// Methods it covers (upper-case); empty = all.
+    pub methods: Vec<String>,
+    /// Behaviour when the ledger cannot answer.
+    pub on_backend_failure: FailMode,
+    /// Status for a refused token (401 by default).
+    pub reject_status: u16,
+    /// For issuance routes, where the issued token is.
+    pub capture: Option<Capture>,
+}
+
+/// The route table; the first route that matches wins.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// Routes in file order.
+    pub list: Vec<Route>,
+    /// Class of paths no route matches.
+    pub default_class: RouteClass,
+    /// Match paths without regard to ASCII case (for upstreams that route that way).
+    pub case_insensitive: bool,
+}

@@ -1,0 +1,109 @@
+//! The configuration as users write it. Every struct refuses unknown fields; values that
+//! need checking beyond their type keep their span for the diagnostics.
+//! These types are only deserialized, then compiled into [`crate::model`].
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: Option<S<Vec<S<String>>>>,
+    pub threads: Option<S<i64>>,
+    pub upgrade_sock: Option<S<String>>,
+    pub pid_file: Option<S<String>>,
+    pub grace_period: Option<S<String>>,
+    pub graceful_shutdown_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub peers: Option<S<Vec<S<String>>>>,
+    pub connect_timeout: Option<S<String>>,
+    pub read_timeout: Option<S<String>>,
+    pub write_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub host_header: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIp {
+    pub trusted_proxies: Option<S<Vec<S<String>>>>,
+    pub header: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    pub header: Option<S<String>>,
+    pub cookie: Option<S<String>>,
+    pub account_claim: Option<S<String>>,
+    pub leeway: Option<S<String>>,
+    pub issuer: Option<S<String>>,
+    pub audience: Option<S<String>>,
+    pub max_bytes: Option<S<i64>>,
+    pub cache_capacity: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Key {
+    pub kid: S<String>,
+    pub alg: Option<S<String>>,
+    pub pem_file: Option<S<String>>,
+    pub pem: Option<S<String>>,
+    pub secret_file: Option<S<String>>,
+    pub status: Option<S<String>>,
+    pub retired_at: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwks {
+    pub files: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ledger {
+    pub backend: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub issuance_wait: Option<S<String>>,
+    pub issuance_window: Option<S<String>>,
+    pub max_waiters: Option<S<i64>>,
+    pub write_queue: Option<S<i64>>,
+    pub sweep_interval: Option<S<String>>,
+    pub expiry_grace: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: S<String>,
+    pub class: S<String>,
+    pub paths: S<Vec<S<String>>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub on_backend_failure: Option<S<String>>,
+    pub reject_status: Option<S<i64>>,
+    pub token_json_field: Option<S<String>>,
+    pub token_cookie: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    pub default_class: Option<S<String>>,
+    pub case_insensitive: Option<S<bool>>,
+}

@@ -1,0 +1,187 @@
+use super::*;
+
+fn ok(src: &str) -> Loaded {
+    compile_str(Path::new("w.toml"), src).unwrap_or_else(|e| {
+        panic!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })
+}
+
+fn errs(src: &str) -> Vec<String> {
+    match compile_str(Path::new("w.toml"), src) {
+        Ok(_) => panic!("accepted:\n{src}"),
+        Err(e) => e.iter().filter(|d| d.severity == Severity::Error).map(ToString::to_string).collect(),
+    }
+}
+
+const MIN: &str = "[upstream]\npeers = [\"127.0.0.1:8081\"]\n";
+
+#[test]
+fn minimal_config_has_safe_defaults() {
+    let l = ok(MIN);
+    let c = l.config;
+    assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
+    assert!(c.admin.listen.ip().is_loopback());
+    assert_eq!(c.token.header.as_deref(), Some("authorization"));
+    assert_eq!(c.routes.default_class, RouteClass::Open);
+    assert_eq!(c.ledger.timeout, Duration::from_millis(50));
+    // No protected route and no keys: both warned about.
+    assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_its_place() {
+    let src = r#"[upstream]
+peers = ["127.0.0.1:8081", "not-an-address"]
+connect_timeout = "fast"
+
+[token]
+leeway = 30
+
+[[keys]]
+kid = "k1"
+alg = "RS999"
+pem = "x"
+
+[[routes]]
+name = "account"
+class = "protectd"
+paths = ["account/*"]
+
+[[routes]]
+name = "login"
+class = "issuance"
+paths = ["/login"]
+
+[bogus]
+x = 1
+"#;
+    let e = errs(src);
+    let expect = [
+        "w.toml:2:28: error: upstream.peers: \"not-an-address\" is not an address",
+        "w.toml:3:19: error: upstream.connect_timeout = \"fast\" is not a duration",
+        "w.toml:6:10: error:",  // leeway is an integer where a string was expected
+        "w.toml:10:7: error: key \"k1\": alg \"RS999\" is not supported",
+        "w.toml:15:9: error: routes.class = \"protectd\" is not one of: protected, issuance, open",
+        "w.toml:16:10: error: path \"account/*\" must start with '/'",
+        "w.toml:20:9: error: issuance route \"login\" needs token_json_field or token_cookie",
+        "w.toml:23:2: error: unknown section `bogus`",
+    ];
+    for want in expect {
+        assert!(e.iter().any(|got| got.starts_with(want)), "missing {want:?} in\n{}", e.join("\n"));
+    }
+    assert_eq!(e.len(), expect.len(), "{}", e.join("\n"));
+}
+
+#[test]
+fn syntax_errors_are_all_reported() {
+    let e = errs("[upstream\npeers = [\"127.0.0.1:1\"]\n[token]\nleeway = \"1s\n");
+    assert!(e.len() >= 2, "{e:?}");
+    assert!(e[0].starts_with("w.toml:1:"), "{e:?}");
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let e = errs("[upstream]\npeers = [\"127.0.0.1:1\"]\npeer = 3\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("w.toml:3:1: error: unknown field `peer`"), "{e:?}");
+}
+
+#[test]
+fn missing_upstream_is_an_error() {
+    let e = errs("[token]\nleeway = \"1s\"\n");
+    assert!(e[0].contains("upstream.peers is required"), "{e:?}");
+}
+
+#[test]
+fn keys_are_read_relative_to_the_config_and_lifecycle_applies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.pub"), warden_core::fixtures::RS256_A_PUB).expect("write");
+    std::fs::write(dir.path().join("jwks.json"), warden_core::fixtures::jwks_rs256("j1")).expect("write");
+    let src = format!(
+        r#"{MIN}
+[[keys]]
+kid = "a"
+alg = "RS256"
+pem_file = "a.pub"
+status = "retired"
+retired_at = "2025-06-01T00:00:00Z"
+
+[[keys]]
+kid = "j1"
+status = "revoked"
+
+[jwks]
+files = ["jwks.json"]
+"#
+    );
+    let path = dir.path().join("warden.toml");
+    std::fs::write(&path, src).expect("write");
+    let l = load(&path).unwrap_or_else(|e| panic!("{e:?}"));
+    let keys = l.config.keys;
+    assert_eq!(keys.len(), 2);
+    let a = keys.iter().find(|k| k.kid == "a").expect("a");
+    assert_eq!(a.state, KeyState::Retired { at: 1_748_736_000 });
+    let j = keys.iter().find(|k| k.kid == "j1").expect("j1");
+    assert_eq!(j.state, KeyState::Revoked);
+}
+
+#[test]
+fn key_problems_point_at_the_key() {
+    let src = format!(
+        "{MIN}[[keys]]\nkid = \"a\"\nalg = \"RS256\"\npem = \"garbage\"\n\n[[keys]]\nkid = \"b\"\nalg = \"RS256\"\npem_file = \"/nonexistent/b.pub\"\n\n[[keys]]\nkid = \"c\"\nstatus = \"retired\"\n"
+    );
+    let e = errs(&src);
+    // Key c is both retired without a time and without material: two errors.
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(e[0].starts_with("w.toml:4:7: error: key \"a\": cannot read PEM"), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("cannot read pem_file /nonexistent/b.pub")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("key \"c\" is retired but has no retired_at")), "{e:?}");
+}
+
+#[test]
+fn routes_compile_and_shadowing_is_warned() {
+    let src = format!(
+        r#"{MIN}
+[[routes]]
+name = "all-account"
+class = "protected"
+paths = ["/account/*"]
+
+[[routes]]
+name = "addresses"
+class = "protected"
+paths = ["/account/addresses"]
+
+[[routes]]
+name = "login"
+class = "issuance"
+paths = ["/login"]
+methods = ["post"]
+token_json_field = "data.access_token"
+"#
+    );
+    let l = ok(&src);
+    let r = &l.config.routes.list;
+    assert_eq!(r[0].on_backend_failure, FailMode::Closed);
+    assert_eq!(r[2].on_backend_failure, FailMode::Open);
+    assert_eq!(r[2].methods, vec!["POST".to_owned()]);
+    assert_eq!(r[2].capture, Some(Capture::JsonField(vec!["data".into(), "access_token".into()])));
+    assert!(r[0].paths[0].matches("/account/orders"));
+    assert!(!r[0].paths[0].matches("/accounts"));
+    assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings); // shadowed path + no keys
+    assert!(l.warnings[1].to_string().starts_with("w.toml:12:10: warning: path \"/account/addresses\" of route \"addresses\" is shadowed"), "{:?}", l.warnings);
+}
+
+#[test]
+fn cidrs() {
+    let n = Cidr::parse("10.0.0.0/8").expect("cidr");
+    assert!(n.contains("10.1.2.3".parse().expect("ip")));
+    assert!(!n.contains("11.0.0.1".parse().expect("ip")));
+    assert!(n.contains("::ffff:10.0.0.1".parse().expect("ip")));
+    assert!(Cidr::parse("10.0.0.0/33").is_err());
+    assert!(Cidr::parse("nope").is_err());
+    let all = Cidr::parse("0.0.0.0/0").expect("cidr");
+    assert!(all.contains("1.2.3.4".parse().expect("ip")));
+    let v6 = Cidr::parse("fd00::/8").expect("cidr");
+    assert!(v6.contains("fd12::1".parse().expect("ip")));
+}
