@@ -1,0 +1,122 @@
+//! The client's address: the socket peer, unless the peer is a trusted proxy, in which
+//! case the forwarding header is read from the right, skipping trusted hops, and the
+//! first untrusted address is the client. A header from an untrusted peer is ignored
+//! (anyone can write `X-Forwarded-For`). A malformed entry stops the walk at the last
+//! address warden can vouch for.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use warden_config::model::{ClientIp, ForwardedHeader};
+
+/// Resolves the client address.
+#[must_use]
+pub fn resolve(peer: IpAddr, headers: &HeaderMap, cfg: &ClientIp) -> IpAddr {
+    let trusted = |ip: IpAddr| cfg.trusted_proxies.iter().any(|c| c.contains(ip));
+    if !trusted(peer) {
+        return peer;
+    }
+    let mut hops: Vec<Option<IpAddr>> = Vec::new();
+    match cfg.header {
+        ForwardedHeader::XForwardedFor => {
+            for v in headers.get_all("x-forwarded-for") {
+                let Ok(s) = v.to_str() else {
+                    hops.push(None);
+                    continue;
+                };
+                hops.extend(s.split(',').map(|h| parse_addr(h.trim())));
+            }
+        }
+        ForwardedHeader::Forwarded => {
+            for v in headers.get_all("forwarded") {
+                let Ok(s) = v.to_str() else {
+                    hops.push(None);
+                    continue;
+                };
+                for element in s.split(',') {
+                    let for_value = element.split(';').find_map(|pair| {
+                        let (k, v) = pair.trim().split_once('=')?;
+                        k.trim().eq_ignore_ascii_case("for").then(|| v.trim())
+                    });
+                    hops.push(for_value.and_then(|v| parse_addr(v.trim_matches('"'))));
+                }
+            }
+        }
+    }
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        match hop {
+            Some(ip) => {
+                client = ip;
+                if !trusted(ip) {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    client
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:80`.
+fn parse_addr(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            s.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse().ok())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use warden_config::model::Cidr;
+
+    use super::*;
+
+    fn cfg(header: ForwardedHeader) -> ClientIp {
+        ClientIp {
+            trusted_proxies: vec![Cidr::parse("10.0.0.0/8").expect("cidr")],
+            header,
+        }
+    }
+
+    fn headers(name: &'static str, values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(name, v.parse().expect("header value"));
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_choose_its_address() {
+        let h = headers("x-forwarded-for", &["1.1.1.1"]);
+        assert_eq!(resolve(ip("203.0.113.9"), &h, &cfg(ForwardedHeader::XForwardedFor)), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn rightmost_untrusted_hop_is_the_client() {
+        let h = headers("x-forwarded-for", &["6.6.6.6, 198.51.100.7", "10.0.0.2"]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)), ip("198.51.100.7"));
+        let h = headers("x-forwarded-for", &["198.51.100.7:5555"]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)), ip("198.51.100.7"));
+        let h = headers("x-forwarded-for", &["garbage, 10.0.0.3"]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)), ip("10.0.0.3"));
+        assert_eq!(resolve(ip("10.0.0.1"), &HeaderMap::new(), &cfg(ForwardedHeader::XForwardedFor)), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn forwarded_header() {
+        let h = headers("forwarded", &["for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.9"]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::Forwarded)), ip("2001:db8::1"));
+        let h = headers("forwarded", &["for=unknown, for=10.0.0.9"]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::Forwarded)), ip("10.0.0.9"));
+    }
+}

@@ -1,0 +1,120 @@
+//! Request path normalization for route matching.
+//!
+//! Warden classifies a request by its path, and the upstream routes it by its own reading
+//! of the same path. If the two readings differ, a protected page can be reached under a
+//! path warden thinks is open (`//account/addresses`, `/account/./addresses`,
+//! `/x/../account/addresses`, `/%61ccount/addresses`, `/account;x=1/addresses` for
+//! servlet containers). So warden matches on a normalized path, built the way the most
+//! lenient upstream would read it:
+//! percent-escapes decoded, empty segments dropped, `.` and `..` resolved (never above the
+//! root), `;params` stripped from each segment, and optionally lower-cased.
+//! A path whose meaning depends on the reader (an encoded `/`, `\`, a NUL or other control
+//! byte, or a bad escape) is refused with 400. The request is forwarded with its path
+//! unchanged.
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    /// Not an origin-form path.
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// An encoded `/` or `\`, a backslash, or a control byte.
+    Ambiguous,
+}
+
+/// Normalizes `raw` (the path part, without the query) for matching.
+pub fn normalize(raw: &str, lowercase: bool) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|c| hex(*c)),
+                bytes.get(i + 2).and_then(|c| hex(*c)),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = (h * 16 + l) as u8;
+            if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f {
+                return Err(PathError::Ambiguous);
+            }
+            decoded.push(v);
+            i += 3;
+        } else {
+            if b == b'\\' || b < 0x20 || b == 0x7f {
+                return Err(PathError::Ambiguous);
+            }
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8_lossy(&decoded);
+    let trailing = text.ends_with('/') && text.len() > 1;
+    let mut out: Vec<&str> = Vec::new();
+    for seg in text.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut path = String::with_capacity(text.len());
+    for s in &out {
+        path.push('/');
+        path.push_str(s);
+    }
+    if path.is_empty() || trailing {
+        path.push('/');
+    }
+    if lowercase {
+        path.make_ascii_lowercase();
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenient_readings_all_normalize_to_the_protected_path() {
+        for raw in [
+            "/account/addresses",
+            "//account/addresses",
+            "/account//addresses",
+            "/account/./addresses",
+            "/x/../account/addresses",
+            "/../account/addresses",
+            "/%61ccount/addresses",
+            "/account;jsessionid=1/addresses",
+            "/account/addresses;x",
+        ] {
+            assert_eq!(normalize(raw, false).as_deref(), Ok("/account/addresses"), "{raw}");
+        }
+        assert_eq!(normalize("/Account/Addresses", true).as_deref(), Ok("/account/addresses"));
+        assert_eq!(normalize("/account/", false).as_deref(), Ok("/account/"));
+        assert_eq!(normalize("/", false).as_deref(), Ok("/"));
+        assert_eq!(normalize("/..", false).as_deref(), Ok("/"));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        assert_eq!(normalize("/account%2faddresses", false), Err(PathError::Ambiguous));
+        assert_eq!(normalize("/account%5caddresses", false), Err(PathError::Ambiguous));
+        assert_eq!(normalize("/account\\addresses", false), Err(PathError::Ambiguous));
+        assert_eq!(normalize("/a%00b", false), Err(PathError::Ambiguous));
+        assert_eq!(normalize("/a%zz", false), Err(PathError::BadEscape));
+        assert_eq!(normalize("/a%4", false), Err(PathError::BadEscape));
+        assert_eq!(normalize("*", false), Err(PathError::NotAbsolute));
+    }
+}

@@ -1,0 +1,412 @@
+//! The `ProxyHttp` implementation.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use warden_config::model::{Capture, FailMode, Route, RouteClass};
+use warden_core::ledger::{Answer, Query};
+use warden_core::verify::{reason_for, Checked};
+use warden_core::Reason;
+use warden_metrics::{token_hash, Event, IssuanceWait, Outcome, Source};
+
+use crate::token_src::{self, Found};
+use crate::{path, unix_now, Settings, Shared};
+
+/// Login responses larger than this are not searched for a token.
+const MAX_CAPTURE_BODY: usize = 64 * 1024;
+/// How often a request waiting for a just-issued token's record looks again.
+const ISSUANCE_POLL: Duration = Duration::from_millis(5);
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    class: usize,
+    outcome: Option<Outcome>,
+    route: Option<usize>,
+    client_ip: Option<IpAddr>,
+    settings: Option<Arc<Settings>>,
+    capture_body: Option<Vec<u8>>,
+}
+
+/// Warden's proxy.
+pub struct WardenProxy {
+    shared: Arc<Shared>,
+    upstreams: Arc<LoadBalancer<RoundRobin>>,
+}
+
+impl WardenProxy {
+    /// A proxy over shared state and an upstream pool.
+    #[must_use]
+    pub fn new(shared: Arc<Shared>, upstreams: Arc<LoadBalancer<RoundRobin>>) -> Self {
+        Self { shared, upstreams }
+    }
+}
+
+fn class_idx(c: RouteClass) -> usize {
+    match c {
+        RouteClass::Protected => 0,
+        RouteClass::Issuance => 1,
+        RouteClass::Open => 2,
+    }
+}
+
+fn find_route<'a>(settings: &'a Settings, path: &str, method: &str) -> (Option<(usize, &'a Route)>, RouteClass) {
+    for (i, r) in settings.routes.list.iter().enumerate() {
+        if (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+            && r.paths.iter().any(|p| p.matches(path))
+        {
+            return (Some((i, r)), r.class);
+        }
+    }
+    (None, settings.routes.default_class)
+}
+
+async fn respond(session: &mut Session, status: u16, body: &'static [u8], extra: &[(&str, &str)]) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    for (k, v) in extra {
+        resp.insert_header(k.to_string(), *v)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from_static(body)), true).await?;
+    Ok(true)
+}
+
+/// What the provenance check decided.
+struct Decision {
+    reason: Reason,
+    checked: Option<Checked>,
+}
+
+impl WardenProxy {
+    async fn ledger_answer(&self, q: &Query<'_>, settings: &Settings) -> Result<Answer, ()> {
+        let ledger = &self.shared.ledger;
+        if let Some(a) = ledger.check_local(q) {
+            return Ok(a);
+        }
+        let started = Instant::now();
+        let r = tokio::time::timeout(settings.ledger.timeout, ledger.check(q)).await;
+        self.shared.metrics.ledger_seconds.observe(started.elapsed().as_secs_f64());
+        match r {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => {
+                log::warn!("ledger lookup failed: {e}");
+                Err(())
+            }
+            Err(_) => {
+                log::warn!("ledger lookup timed out after {:?}", settings.ledger.timeout);
+                Err(())
+            }
+        }
+    }
+
+    async fn decide(&self, token: &str, settings: &Settings) -> Decision {
+        let now = unix_now();
+        let checked = match self.shared.verifier.verify(token, now) {
+            Ok(c) => c,
+            Err(reason) => return Decision { reason, checked: None },
+        };
+        let v = &checked.verified;
+        let q = Query {
+            id: v.id,
+            account: &v.account,
+            kid: &v.kid,
+            issued_at: v.issued_at,
+        };
+        let mut answer = match self.ledger_answer(&q, settings).await {
+            Ok(a) => a,
+            Err(()) => {
+                self.shared.metrics.ledger_unavailable.inc();
+                return Decision {
+                    reason: Reason::BackendUnavailable,
+                    checked: Some(checked),
+                };
+            }
+        };
+        // Issuance race: a token used moments after it was issued may arrive before its
+        // record. Wait, bounded in time and in the number of waiters, for tokens whose
+        // `iat` is recent; anything else unknown is forged at once.
+        let window = settings.ledger.issuance_window.as_secs();
+        let fresh = v.issued_at.is_some_and(|iat| iat.saturating_add(window) >= now && iat <= now + 1);
+        if answer == Answer::Unknown && fresh && !settings.ledger.issuance_wait.is_zero() {
+            match self.shared.waiters.try_acquire() {
+                Ok(_permit) => {
+                    let deadline = Instant::now() + settings.ledger.issuance_wait;
+                    while answer == Answer::Unknown && Instant::now() < deadline {
+                        tokio::time::sleep(ISSUANCE_POLL).await;
+                        match self.ledger_answer(&q, settings).await {
+                            Ok(a) => answer = a,
+                            Err(()) => break,
+                        }
+                    }
+                    self.shared.metrics.issuance_wait(if answer == Answer::Unknown {
+                        IssuanceWait::Timeout
+                    } else {
+                        IssuanceWait::Found
+                    });
+                }
+                Err(_) => self.shared.metrics.issuance_wait(IssuanceWait::Overflow),
+            }
+        }
+        let reason = reason_for(answer);
+        if reason == Reason::Ok {
+            self.shared.verifier.remember(&checked);
+        }
+        Decision {
+            reason,
+            checked: Some(checked),
+        }
+    }
+
+    fn emit_rejection(&self, ctx: &Ctx, route: Option<&Route>, path: &str, d: &Decision, action: &'static str) {
+        let kind = if d.reason.is_key_misuse() { "key_misuse" } else if d.reason == Reason::BackendUnavailable { "ledger_unavailable" } else { "token_rejected" };
+        let mut e = Event::new(kind);
+        e.route = route.map(|r| r.name.clone());
+        e.reason = Some(d.reason.as_str());
+        e.action = Some(action);
+        e.client_ip = ctx.client_ip.map(|i| i.to_string());
+        e.path = Some(path.to_owned());
+        if let Some(c) = &d.checked {
+            e.account = Some(c.verified.account.to_string());
+            e.token_hash = Some(token_hash(&c.verified.id));
+            e.kid = Some(c.verified.kid.to_string());
+        }
+        self.shared.events.emit(&e);
+    }
+
+    fn record_inline(&self, token: &str, route: &str, client_ip: Option<IpAddr>, settings: &Settings) -> Option<tokio::task::JoinHandle<()>> {
+        let shared = Arc::clone(&self.shared);
+        match shared.verifier.record_for_issued(token, unix_now()) {
+            Ok(record) => {
+                let timeout = settings.ledger.timeout.max(Duration::from_secs(2));
+                let route = route.to_owned();
+                Some(tokio::spawn(async move {
+                    let id = record.id;
+                    match tokio::time::timeout(timeout, shared.ledger.record(vec![record])).await {
+                        Ok(Ok(())) => shared.metrics.records(Source::Inline, 1),
+                        outcome => {
+                            shared.metrics.record_failures(Source::Inline, 1);
+                            let mut e = Event::new("record_failed");
+                            e.route = Some(route);
+                            e.token_hash = Some(token_hash(&id));
+                            e.detail = Some(match outcome {
+                                Ok(Err(err)) => err.to_string(),
+                                _ => format!("ledger write took longer than {timeout:?}"),
+                            });
+                            shared.events.emit(&e);
+                        }
+                    }
+                }))
+            }
+            Err(reason) => {
+                // The login service issued a token warden cannot verify: a key missing from
+                // the registry, or a retired key still in use. Users will be refused.
+                shared.metrics.record_failures(Source::Inline, 1);
+                let mut e = Event::new("issued_token_refused");
+                e.route = Some(route.to_owned());
+                e.reason = Some(reason.as_str());
+                e.client_ip = client_ip.map(|i| i.to_string());
+                shared.events.emit(&e);
+                log::warn!("route {route}: the login response carries a token warden refuses ({reason})");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for WardenProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let started = Instant::now();
+        let settings = self.shared.settings.load_full();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let req = session.req_header();
+        ctx.client_ip = Some(crate::client_ip::resolve(peer, &req.headers, &settings.client_ip));
+        let path = match path::normalize(req.uri.path(), settings.routes.case_insensitive) {
+            Ok(p) => p,
+            Err(e) => {
+                log::debug!("refusing ambiguous path {:?}: {e:?}", req.uri.path());
+                ctx.class = class_idx(settings.routes.default_class);
+                ctx.outcome = Some(Outcome::BadRequest);
+                return respond(session, 400, b"{\"error\":\"bad_request\"}\n", &[]).await;
+            }
+        };
+        let (route, class) = find_route(&settings, &path, req.method.as_str());
+        ctx.class = class_idx(class);
+        ctx.route = route.map(|(i, _)| i);
+        let route = route.map(|(_, r)| r);
+        let result = match class {
+            RouteClass::Protected => {
+                let decision = match token_src::find(&req.headers, &settings.token) {
+                    Found::None => Decision { reason: Reason::Missing, checked: None },
+                    Found::Ambiguous => Decision { reason: Reason::Malformed, checked: None },
+                    Found::One(token) => {
+                        let token = token.to_owned();
+                        self.decide(&token, &settings).await
+                    }
+                };
+                self.shared.metrics.provenance(decision.reason);
+                let fail_mode = route.map_or(FailMode::Closed, |r| r.on_backend_failure);
+                match decision.reason {
+                    Reason::Ok => {
+                        ctx.outcome = Some(Outcome::Passed);
+                        Ok(false)
+                    }
+                    Reason::BackendUnavailable if fail_mode == FailMode::Open => {
+                        ctx.outcome = Some(Outcome::FailOpen);
+                        self.emit_rejection(ctx, route, &path, &decision, "pass");
+                        Ok(false)
+                    }
+                    Reason::BackendUnavailable => {
+                        ctx.outcome = Some(Outcome::Rejected);
+                        self.emit_rejection(ctx, route, &path, &decision, "reject");
+                        respond(session, 503, b"{\"error\":\"unavailable\"}\n", &[("retry-after", "1")]).await
+                    }
+                    _ => {
+                        ctx.outcome = Some(Outcome::Rejected);
+                        if decision.reason != Reason::Missing {
+                            self.emit_rejection(ctx, route, &path, &decision, "reject");
+                        }
+                        let status = route.map_or(401, |r| r.reject_status);
+                        let extra: &[(&str, &str)] = if status == 401 {
+                            &[("www-authenticate", "Bearer error=\"invalid_token\"")]
+                        } else {
+                            &[]
+                        };
+                        respond(session, status, b"{\"error\":\"invalid_token\"}\n", extra).await
+                    }
+                }
+            }
+            RouteClass::Issuance | RouteClass::Open => {
+                ctx.outcome = Some(Outcome::Passed);
+                Ok(false)
+            }
+        };
+        ctx.settings = Some(settings);
+        self.shared.metrics.filter_seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let backend = self
+            .upstreams
+            .select(b"", 256)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?;
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        if let Some(s) = &ctx.settings {
+            let o = &mut peer.options;
+            o.connection_timeout = Some(s.upstream.connect_timeout);
+            o.read_timeout = Some(s.upstream.read_timeout);
+            o.write_timeout = Some(s.upstream.write_timeout);
+            o.idle_timeout = Some(s.upstream.idle_timeout);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(ip) = ctx.client_ip {
+            req.append_header("x-forwarded-for", ip.to_string())?;
+        }
+        if let Some(s) = &ctx.settings {
+            if let Some(host) = &s.upstream.host_header {
+                req.insert_header("host", host.as_str())?;
+            }
+            let capturing = ctx
+                .route
+                .and_then(|i| s.routes.list.get(i))
+                .is_some_and(|r| matches!(r.capture, Some(Capture::JsonField(_))));
+            if capturing {
+                // The login body must arrive uncompressed for warden to read the token.
+                req.remove_header("accept-encoding");
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let Some(settings) = ctx.settings.clone() else { return Ok(()) };
+        let Some(route) = ctx.route.and_then(|i| settings.routes.list.get(i)) else {
+            return Ok(());
+        };
+        if route.class != RouteClass::Issuance || !resp.status.is_success() {
+            return Ok(());
+        }
+        match &route.capture {
+            Some(Capture::Cookie(name)) => {
+                let values = resp.headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok());
+                if let Some(token) = token_src::set_cookie_value(values, name) {
+                    let token = token.to_owned();
+                    // Hold the login response until its record is durable.
+                    if let Some(task) = self.record_inline(&token, &route.name, ctx.client_ip, &settings) {
+                        let _ = task.await;
+                    }
+                }
+            }
+            Some(Capture::JsonField(_)) => ctx.capture_body = Some(Vec::new()),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<Option<Duration>> {
+        let Some(buf) = ctx.capture_body.as_mut() else { return Ok(None) };
+        if let Some(b) = body {
+            if buf.len() + b.len() > MAX_CAPTURE_BODY {
+                log::warn!("login response over {MAX_CAPTURE_BODY} bytes: its token is not recorded");
+                ctx.capture_body = None;
+                return Ok(None);
+            }
+            buf.extend_from_slice(b);
+        }
+        if end_of_stream {
+            let buf = ctx.capture_body.take().unwrap_or_default();
+            let Some(settings) = ctx.settings.clone() else { return Ok(None) };
+            let Some(route) = ctx.route.and_then(|i| settings.routes.list.get(i)) else {
+                return Ok(None);
+            };
+            if let Some(Capture::JsonField(path)) = &route.capture {
+                let token = serde_json::from_slice::<serde_json::Value>(&buf).ok().and_then(|v| {
+                    path.iter()
+                        .try_fold(&v, |v, k| v.get(k))
+                        .and_then(|t| t.as_str().map(str::to_owned))
+                });
+                match token {
+                    // The record is written in the background: this filter cannot wait.
+                    // A request with the token that arrives first waits for it (see
+                    // `ledger.issuance_wait`).
+                    Some(t) => {
+                        let _ = self.record_inline(&t, &route.name, ctx.client_ip, &settings);
+                    }
+                    None => log::warn!("route {}: login response has no string at {:?}", route.name, path.join(".")),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(outcome) = ctx.outcome {
+            self.shared.metrics.request(ctx.class, outcome);
+        }
+    }
+}

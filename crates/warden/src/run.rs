@@ -1,0 +1,180 @@
+//! `warden run`: wire the proxy, the admin API and the background tasks into one pingora
+//! server.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::{background_service, http_proxy_service};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use warden_admin::{AdminApp, Control};
+use warden_config::model::{Backend, Config};
+use warden_core::keys::KeyRegistry;
+use warden_core::ledger::Ledger;
+use warden_core::verify::Verifier;
+use warden_ledger_redb::EmbeddedLedger;
+use warden_metrics::{Events, Metrics};
+use warden_proxy::{unix_now, Maintenance, Shared, WardenProxy};
+
+/// Extra services a caller (the demo) adds to the same server.
+pub type ExtraServices = Vec<Box<dyn pingora::services::ServiceWithDependents>>;
+
+struct ControlImpl(Arc<Shared>);
+
+impl Control for ControlImpl {
+    fn verifier(&self) -> &Verifier {
+        &self.0.verifier
+    }
+    fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.0.ledger
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+    fn reload(&self) -> Result<u64, Vec<String>> {
+        self.0
+            .reload()
+            .map_err(|d| d.iter().map(ToString::to_string).collect())
+    }
+    fn generation(&self) -> u64 {
+        self.0.generation()
+    }
+    fn ready(&self) -> bool {
+        self.0.sighup_ready.load(Ordering::Acquire)
+    }
+    fn now(&self) -> u64 {
+        unix_now()
+    }
+}
+
+/// Loads the configuration, printing every diagnostic; `None` if it has errors.
+pub fn load_config(path: &Path) -> Option<Config> {
+    match warden_config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                log::warn!("{w}");
+            }
+            Some(loaded.config)
+        }
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            None
+        }
+    }
+}
+
+/// Opens the configured ledger backend.
+pub fn open_ledger(config: &Config) -> Result<Arc<EmbeddedLedger>, String> {
+    match &config.ledger.backend {
+        Backend::Embedded { path } => EmbeddedLedger::open(path, config.ledger.write_queue)
+            .map(Arc::new)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Builds the verifier from the configured keys.
+pub fn verifier(config: &Config) -> Result<Verifier, String> {
+    KeyRegistry::build(config.keys.clone())
+        .map(|r| Verifier::new(r, config.policy.clone()))
+        .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+}
+
+pub fn run(config_path: &Path, upgrade: bool) -> ExitCode {
+    let Some(config) = load_config(config_path) else {
+        return ExitCode::from(2);
+    };
+    serve(config, upgrade, Vec::new())
+}
+
+/// Starts every service and never returns unless start-up fails.
+pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("warden: {what}: {e}");
+        ExitCode::from(2)
+    };
+    let verifier = match verifier(&config) {
+        Ok(v) => Arc::new(v),
+        Err(e) => return fail("keys", &e),
+    };
+    let ledger: Arc<dyn Ledger> = match open_ledger(&config) {
+        Ok(l) => l,
+        Err(e) => return fail("ledger", &e),
+    };
+    let admin_token = match &config.admin.token_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) if !t.trim().is_empty() => Some(t),
+            Ok(_) => return fail("admin.token_file", &format!("{} is empty", p.display())),
+            Err(e) => return fail("admin.token_file", &format!("{}: {e}", p.display())),
+        },
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let events = match Events::start(None, 65_536, metrics.events_dropped.clone()) {
+        Ok(e) => Arc::new(e),
+        Err(e) => return fail("events", &e),
+    };
+    let shared = Arc::new(Shared::new(&config, verifier, ledger, Arc::clone(&metrics), events));
+
+    let server_conf = ServerConf {
+        threads: config.server.threads,
+        pid_file: config.server.pid_file.display().to_string(),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let peers: Vec<String> = config.upstream.peers.iter().map(ToString::to_string).collect();
+    let mut lb = match LoadBalancer::try_from_iter(peers) {
+        Ok(lb) => lb,
+        Err(e) => return fail("upstream.peers", &e),
+    };
+    lb.set_health_check(TcpHealthCheck::new());
+    lb.health_check_frequency = Some(std::time::Duration::from_secs(1));
+    let health = background_service("upstream health", lb);
+    let upstreams = health.task();
+
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        WardenProxy::new(Arc::clone(&shared), upstreams),
+    );
+    for addr in &config.server.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    let control: Arc<dyn Control> = Arc::new(ControlImpl(Arc::clone(&shared)));
+    let mut admin = Service::new(
+        "warden admin".to_string(),
+        AdminApp::new(control, admin_token.as_deref()),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    let maintenance = background_service("maintenance", Maintenance::new(Arc::clone(&shared)));
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(health);
+    server.add_service(maintenance);
+    for s in extra {
+        server.add_boxed_service(s);
+    }
+    log::info!(
+        "warden listening on {:?}, admin on {}, upstreams {:?}, ledger {} entries",
+        config.server.listen,
+        config.admin.listen,
+        config.upstream.peers,
+        shared.ledger.stats().entries
+    );
+    server.run_forever()
+}
