@@ -757,9 +757,14 @@ impl Compiler<'_> {
     }
 }
 
+/// Drops one trailing line ending (as editors add), nothing else: a secret's bytes are
+/// taken as they are.
 fn trim_ascii_end(mut v: Vec<u8>) -> Vec<u8> {
-    while v.last().is_some_and(u8::is_ascii_whitespace) {
+    if v.last() == Some(&b'\n') {
         v.pop();
+        if v.last() == Some(&b'\r') {
+            v.pop();
+        }
     }
     v
 }

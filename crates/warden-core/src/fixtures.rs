@@ -130,3 +130,13 @@ pub fn mint_raw(key: SampleKey, header_json: &str, payload_json: &str) -> Result
     let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding()?, key.alg())?;
     Ok(format!("{input}.{sig}"))
 }
+
+/// Signs `header_b64.payload_b64` with HS256 under an arbitrary secret, for algorithm
+/// confusion tests (an RSA public key PEM used as the HMAC secret).
+#[must_use]
+pub fn mint_raw_with_secret(header_b64: &str, payload_b64: &str, secret: &[u8]) -> String {
+    let input = format!("{header_b64}.{payload_b64}");
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_secret(secret), Algorithm::HS256)
+        .unwrap_or_default();
+    format!("{input}.{sig}")
+}

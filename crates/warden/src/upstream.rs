@@ -70,8 +70,16 @@ fn reply(status: StatusCode, body: &Value, cookie: Option<String>) -> Response<V
 /// The `sub` of a bearer token, read without verification.
 fn subject(session: &ServerSession) -> Option<String> {
     use base64::Engine as _;
-    let auth = session.req_header().headers.get("authorization")?.to_str().ok()?;
-    let token = auth.strip_prefix("Bearer ")?;
+    let h = &session.req_header().headers;
+    let bearer = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = h
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("session=")));
+    let token = bearer.or(cookie)?;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
@@ -90,7 +98,7 @@ impl ServeHttp for DemoUpstream {
             }
             body.extend_from_slice(&chunk);
         }
-        if path == "/login" {
+        if path == "/login" || path.starts_with("/login-") {
             let from_body = serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| v.get("account").and_then(Value::as_str).map(str::to_owned));

@@ -1,0 +1,493 @@
+//! Harness for the end-to-end suite: starts real `warden` processes (the proxy, and the
+//! demo upstream as a separate process) on free loopback ports, talks plain HTTP/1.1 to
+//! them over TCP, and stops them when dropped. Every wait is bounded.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use warden_core::fixtures::{self, SampleKey};
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// The `warden` binary of this build. `cargo build -p warden` runs once per test process
+/// (a no-op when it is up to date), so that `cargo test -p warden-e2e` alone never
+/// drives a stale binary.
+pub fn warden_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/<profile>/deps/<test> -> target/<profile>/warden
+            let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-q", "-p", "warden"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build -p warden");
+            assert!(status.success(), "cargo build -p warden failed");
+            profile_dir.join("warden")
+        })
+        .clone()
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header of a name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends raw bytes and reads the whole response (the request must ask to close).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_write_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(request)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    parse_response(&buf).ok_or_else(|| std::io::Error::other(format!("unparseable response: {:?}", String::from_utf8_lossy(&buf))))
+}
+
+fn parse_response(buf: &[u8]) -> Option<Response> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &buf[end + 4..];
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
+    Some(Response { status, headers, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// A request with `Connection: close`.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(addr, &bytes).unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(child: &mut Child) {
+    // SIGTERM first (graceful), SIGKILL if it lingers.
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let done = wait_for(Duration::from_secs(5), || child.try_wait().ok().flatten());
+    if done.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The demo upstream, as its own process.
+pub struct Upstream {
+    child: Child,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl Upstream {
+    /// Starts `warden upstream` issuing tokens under `kid`.
+    pub fn start(kid: &str) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let child = Command::new(warden_bin())
+            .args(["upstream", "--listen", &addr.to_string(), "--kid", kid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn warden upstream");
+        let up = Self { child, addr };
+        let ok = wait_for(Duration::from_secs(15), || {
+            raw(addr, format!("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()
+        });
+        assert!(ok.is_some(), "demo upstream did not start on {addr}");
+        up
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// Key ids of the test registry.
+pub mod kid {
+    /// RS256, active: the login service's key.
+    pub const ACTIVE: &str = "k-active";
+    /// ES256, active.
+    pub const ES: &str = "k-es";
+    /// EdDSA, active.
+    pub const ED: &str = "k-ed";
+    /// HS256, active.
+    pub const HS: &str = "k-hs";
+    /// RS256 (key B), retired an hour ago.
+    pub const RETIRED: &str = "k-retired";
+    /// RS256 (key B), revoked.
+    pub const REVOKED: &str = "k-revoked";
+}
+
+/// The admin bearer token every test warden uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A warden process with its own directory, config, keys and ledger.
+pub struct Warden {
+    child: Option<Child>,
+    /// Scratch directory (config, keys, ledger, event log).
+    pub dir: tempfile::TempDir,
+    /// Proxy address.
+    pub proxy: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Retirement time of [`kid::RETIRED`].
+    pub retired_at: u64,
+    extra: String,
+}
+
+impl Warden {
+    /// Starts warden in front of `upstream` with the standard test config plus `extra` TOML.
+    pub fn start(upstream: &Upstream, extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).expect("mkdir keys");
+        let write = |name: &str, bytes: &[u8]| std::fs::write(keys.join(name), bytes).expect("write key");
+        write("a.pub", fixtures::RS256_A_PUB.as_bytes());
+        write("b.pub", fixtures::RS256_B_PUB.as_bytes());
+        write("es.pub", fixtures::ES256_PUB.as_bytes());
+        write("ed.pub", fixtures::ED25519_PUB.as_bytes());
+        write("hs.secret", &fixtures::hs256_secret());
+        std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).expect("write admin token");
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let retired_at = now() - 3600;
+        let w = Self {
+            child: None,
+            dir,
+            proxy,
+            admin,
+            retired_at,
+            extra: extra.to_owned(),
+        };
+        w.write_config(upstream.addr, "");
+        let mut w = w;
+        w.spawn();
+        w
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("warden.toml")
+    }
+
+    /// Rewrites the config with `keys_override` replacing the standard `[[keys]]` block
+    /// when non-empty.
+    pub fn write_config(&self, upstream: SocketAddr, keys_override: &str) {
+        let retired = humantime_rfc3339(self.retired_at);
+        let d = self.dir.path().display();
+        let keys = if keys_override.is_empty() {
+            format!(
+                r#"
+[[keys]]
+kid = "{active}"
+alg = "RS256"
+pem_file = "keys/a.pub"
+
+[[keys]]
+kid = "{es}"
+alg = "ES256"
+pem_file = "keys/es.pub"
+
+[[keys]]
+kid = "{ed}"
+alg = "EdDSA"
+pem_file = "keys/ed.pub"
+
+[[keys]]
+kid = "{hs}"
+alg = "HS256"
+secret_file = "keys/hs.secret"
+
+[[keys]]
+kid = "{retired}"
+alg = "RS256"
+pem_file = "keys/b.pub"
+status = "retired"
+retired_at = "{retired_at}"
+
+[[keys]]
+kid = "{revoked}"
+alg = "RS256"
+pem_file = "keys/b.pub"
+status = "revoked"
+"#,
+                active = kid::ACTIVE,
+                es = kid::ES,
+                ed = kid::ED,
+                hs = kid::HS,
+                retired = kid::RETIRED,
+                revoked = kid::REVOKED,
+                retired_at = retired,
+            )
+        } else {
+            keys_override.to_owned()
+        };
+        let text = format!(
+            r#"[server]
+listen = ["{proxy}"]
+threads = 2
+upgrade_sock = "{d}/upgrade.sock"
+pid_file = "{d}/warden.pid"
+grace_period = "0s"
+graceful_shutdown_timeout = "2s"
+
+[admin]
+listen = "{admin}"
+token_file = "admin.token"
+
+[upstream]
+peers = ["{upstream}"]
+
+[token]
+cookie = "session"
+leeway = "5s"
+
+[ledger]
+path = "ledger.redb"
+issuance_wait = "400ms"
+
+[[routes]]
+name = "login"
+class = "issuance"
+paths = ["/login"]
+methods = ["POST"]
+token_json_field = "access_token"
+
+[[routes]]
+name = "login-cookie"
+class = "issuance"
+paths = ["/login-cookie"]
+token_cookie = "session"
+
+[[routes]]
+name = "account"
+class = "protected"
+paths = ["/account/*"]
+{keys}
+{extra}
+"#,
+            proxy = self.proxy,
+            admin = self.admin,
+            extra = self.extra,
+        );
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    fn spawn(&mut self) {
+        let events = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("events.jsonl"))
+            .expect("events file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("warden.log"))
+            .expect("log file");
+        let child = Command::new(warden_bin())
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(events)
+            .stderr(log)
+            .spawn()
+            .expect("spawn warden");
+        self.child = Some(child);
+        let admin = self.admin;
+        let ready = wait_for(Duration::from_secs(20), || {
+            let r = raw(admin, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            (r.status == 200).then_some(())
+        });
+        assert!(ready.is_some(), "warden did not become ready; log:\n{}", self.log());
+    }
+
+    /// warden's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("warden.log")).unwrap_or_default()
+    }
+
+    /// Events written so far.
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// `kill -9`, then start again on the same directory.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+
+    /// Sends SIGHUP.
+    pub fn sighup(&self) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill").arg("-HUP").arg(c.id().to_string()).status().expect("kill -HUP");
+            assert!(ok.success());
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// GET through the proxy with a bearer token.
+    pub fn get(&self, path: &str, token: &str) -> Response {
+        request(self.proxy, "GET", path, &[("Authorization", &format!("Bearer {token}"))], b"")
+    }
+
+    /// An admin call with the admin token.
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> Response {
+        request(self.admin, method, path, &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))], body.as_bytes())
+    }
+
+    /// Records a token through the admin API; panics unless acknowledged.
+    pub fn record(&self, token: &str) {
+        let r = self.admin("POST", "/ledger/records", &serde_json::json!({"token": token}).to_string());
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["recorded"], 1, "{}", r.text());
+    }
+
+    /// The value of one metric sample, e.g. `warden_provenance_total{reason="forged"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let r = request(self.admin, "GET", "/metrics", &[], b"");
+        r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+    }
+}
+
+fn humantime_rfc3339(unix: u64) -> String {
+    // Civil-from-days (Howard Hinnant), to avoid a date crate in the harness.
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// Mints a token with the usual claims (`sub`, a unique `jti`, `iat` = `iat`, `exp` =
+/// `iat` + 600).
+pub fn token(key: SampleKey, kid: &str, account: &str, iat: u64) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let claims = serde_json::json!({
+        "sub": account,
+        "jti": format!("jti-{}-{n}-{}", std::process::id(), now()),
+        "iat": iat,
+        "exp": iat + 600,
+    });
+    fixtures::mint(key, kid, &claims).expect("mint")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::humantime_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::humantime_rfc3339(1_748_736_000), "2025-06-01T00:00:00Z");
+        assert_eq!(super::humantime_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
