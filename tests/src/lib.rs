@@ -13,7 +13,9 @@ use warden_core::fixtures::{self, SampleKey};
 
 /// Unix seconds now.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A port nobody listens on right now.
@@ -59,12 +61,20 @@ pub struct Response {
 impl Response {
     /// First header of a name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Body as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// Body as text.
@@ -81,7 +91,12 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
     s.write_all(request)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
-    parse_response(&buf).ok_or_else(|| std::io::Error::other(format!("unparseable response: {:?}", String::from_utf8_lossy(&buf))))
+    parse_response(&buf).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "unparseable response: {:?}",
+            String::from_utf8_lossy(&buf)
+        ))
+    })
 }
 
 fn parse_response(buf: &[u8]) -> Option<Response> {
@@ -94,16 +109,34 @@ fn parse_response(buf: &[u8]) -> Option<Response> {
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let rest = &buf[end + 4..];
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
-    Some(Response { status, headers, body })
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&b[..line_end])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
+            16,
+        )
+        .ok()?;
         b = &b[line_end + 2..];
         if size == 0 {
             return Some(out);
@@ -114,8 +147,17 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A request with `Connection: close`.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -141,7 +183,10 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 
 fn stop(child: &mut Child) {
     // SIGTERM first (graceful), SIGKILL if it lingers.
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let done = wait_for(Duration::from_secs(5), || child.try_wait().ok().flatten());
     if done.is_none() {
         let _ = child.kill();
@@ -168,7 +213,11 @@ impl Upstream {
             .expect("spawn warden upstream");
         let up = Self { child, addr };
         let ok = wait_for(Duration::from_secs(15), || {
-            raw(addr, format!("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()
+            raw(
+                addr,
+                b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .ok()
         });
         assert!(ok.is_some(), "demo upstream did not start on {addr}");
         up
@@ -220,7 +269,8 @@ impl Warden {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys = dir.path().join("keys");
         std::fs::create_dir_all(&keys).expect("mkdir keys");
-        let write = |name: &str, bytes: &[u8]| std::fs::write(keys.join(name), bytes).expect("write key");
+        let write =
+            |name: &str, bytes: &[u8]| std::fs::write(keys.join(name), bytes).expect("write key");
         write("a.pub", fixtures::RS256_A_PUB.as_bytes());
         write("b.pub", fixtures::RS256_B_PUB.as_bytes());
         write("es.pub", fixtures::ES256_PUB.as_bytes());
@@ -374,10 +424,18 @@ paths = ["/account/*"]
         self.child = Some(child);
         let admin = self.admin;
         let ready = wait_for(Duration::from_secs(20), || {
-            let r = raw(admin, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            let r = raw(
+                admin,
+                b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .ok()?;
             (r.status == 200).then_some(())
         });
-        assert!(ready.is_some(), "warden did not become ready; log:\n{}", self.log());
+        assert!(
+            ready.is_some(),
+            "warden did not become ready; log:\n{}",
+            self.log()
+        );
     }
 
     /// warden's stderr so far.
@@ -406,29 +464,51 @@ paths = ["/account/*"]
     /// Sends SIGHUP.
     pub fn sighup(&self) {
         if let Some(c) = &self.child {
-            let ok = Command::new("kill").arg("-HUP").arg(c.id().to_string()).status().expect("kill -HUP");
+            let ok = Command::new("kill")
+                .arg("-HUP")
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill -HUP");
             assert!(ok.success());
         }
     }
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// GET through the proxy with a bearer token.
     pub fn get(&self, path: &str, token: &str) -> Response {
-        request(self.proxy, "GET", path, &[("Authorization", &format!("Bearer {token}"))], b"")
+        request(
+            self.proxy,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
     }
 
     /// An admin call with the admin token.
     pub fn admin(&self, method: &str, path: &str, body: &str) -> Response {
-        request(self.admin, method, path, &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))], body.as_bytes())
+        request(
+            self.admin,
+            method,
+            path,
+            &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            body.as_bytes(),
+        )
     }
 
     /// Records a token through the admin API; panics unless acknowledged.
     pub fn record(&self, token: &str) {
-        let r = self.admin("POST", "/ledger/records", &serde_json::json!({"token": token}).to_string());
+        let r = self.admin(
+            "POST",
+            "/ledger/records",
+            &serde_json::json!({"token": token}).to_string(),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["recorded"], 1, "{}", r.text());
     }
@@ -438,7 +518,10 @@ paths = ["/account/*"]
         let r = request(self.admin, "GET", "/metrics", &[], b"");
         r.text()
             .lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 }
@@ -465,7 +548,12 @@ fn humantime_rfc3339(unix: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// Mints a token with the usual claims (`sub`, a unique `jti`, `iat` = `iat`, `exp` =
@@ -487,7 +575,13 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(super::humantime_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::humantime_rfc3339(1_748_736_000), "2025-06-01T00:00:00Z");
-        assert_eq!(super::humantime_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            super::humantime_rfc3339(1_748_736_000),
+            "2025-06-01T00:00:00Z"
+        );
+        assert_eq!(
+            super::humantime_rfc3339(951_782_400),
+            "2000-02-29T00:00:00Z"
+        );
     }
 }

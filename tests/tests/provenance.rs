@@ -17,7 +17,12 @@ fn legit_tokens_pass_and_every_kind_of_bad_token_is_refused_with_its_reason() {
     let t = now();
 
     // Issued tokens, one per algorithm, pass once recorded.
-    for (key, k) in [(SampleKey::RsA, kid::ACTIVE), (SampleKey::Es, kid::ES), (SampleKey::Ed, kid::ED), (SampleKey::Hs, kid::HS)] {
+    for (key, k) in [
+        (SampleKey::RsA, kid::ACTIVE),
+        (SampleKey::Es, kid::ES),
+        (SampleKey::Ed, kid::ED),
+        (SampleKey::Hs, kid::HS),
+    ] {
         let tok = token(key, k, "alice", t);
         w.record(&tok);
         let r = w.get("/account/addresses", &tok);
@@ -29,61 +34,160 @@ fn legit_tokens_pass_and_every_kind_of_bad_token_is_refused_with_its_reason() {
     assert_eq!(reason(&w, "ok"), 8.0);
 
     // A token issued under the retired key before its retirement still passes.
-    let old = mint(SampleKey::RsB, kid::RETIRED, &json!({"sub":"old-timer","jti":"old-1","iat": w.retired_at - 60,"exp": t + 600}))
-        .expect("mint");
+    let old = mint(
+        SampleKey::RsB,
+        kid::RETIRED,
+        &json!({"sub":"old-timer","jti":"old-1","iat": w.retired_at - 60,"exp": t + 600}),
+    )
+    .expect("mint");
     w.record(&old);
     assert_eq!(w.get("/account/orders", &old).status, 200);
 
-    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s);
+    let b64 =
+        |s: &str| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s);
     let legit = token(SampleKey::RsA, kid::ACTIVE, "alice", t);
     w.record(&legit);
     let mut tampered: Vec<String> = legit.split('.').map(str::to_owned).collect();
-    tampered[1] = b64(&format!(r#"{{"sub":"mallory","jti":"x","iat":{t},"exp":{}}}"#, t + 600));
+    tampered[1] = b64(&format!(
+        r#"{{"sub":"mallory","jti":"x","iat":{t},"exp":{}}}"#,
+        t + 600
+    ));
     let tampered = tampered.join(".");
     let hs_confusion = {
-        let input = format!("{}.{}", b64(&format!(r#"{{"alg":"HS256","kid":"{}"}}"#, kid::ACTIVE)), b64(&format!(r#"{{"sub":"a","exp":{}}}"#, t + 600)));
-        let sig = jsonwebtoken_sign_hs256(input.as_bytes(), warden_core::fixtures::RS256_A_PUB.as_bytes());
+        let input = format!(
+            "{}.{}",
+            b64(&format!(r#"{{"alg":"HS256","kid":"{}"}}"#, kid::ACTIVE)),
+            b64(&format!(r#"{{"sub":"a","exp":{}}}"#, t + 600))
+        );
+        let sig = jsonwebtoken_sign_hs256(
+            input.as_bytes(),
+            warden_core::fixtures::RS256_A_PUB.as_bytes(),
+        );
         format!("{input}.{sig}")
     };
     let cases: Vec<(&str, String, &str)> = vec![
-        ("forged: real key, never issued", token(SampleKey::RsA, kid::ACTIVE, "bob", t), "forged"),
-        ("revoked key", token(SampleKey::RsB, kid::REVOKED, "bob", t), "revoked_key"),
-        ("retired key, minted after retirement", token(SampleKey::RsB, kid::RETIRED, "bob", t), "retired_key"),
-        ("expired", mint(SampleKey::RsA, kid::ACTIVE, &json!({"sub":"bob","jti":"e","iat":t-900,"exp":t-60})).expect("mint"), "expired"),
-        ("not yet valid", mint(SampleKey::RsA, kid::ACTIVE, &json!({"sub":"bob","jti":"n","nbf":t+300,"exp":t+900})).expect("mint"), "not_yet_valid"),
-        ("alg none", format!("{}.{}.", b64(r#"{"alg":"none","kid":"k-active"}"#), b64(r#"{"sub":"bob"}"#)), "malformed"),
-        ("alg NoNe with signature", mint_raw(SampleKey::RsA, r#"{"alg":"NoNe","kid":"k-active"}"#, r#"{"sub":"bob"}"#).expect("mint"), "malformed"),
-        ("HS256 signed with the RSA public key", hs_confusion, "alg_mismatch"),
+        (
+            "forged: real key, never issued",
+            token(SampleKey::RsA, kid::ACTIVE, "bob", t),
+            "forged",
+        ),
+        (
+            "revoked key",
+            token(SampleKey::RsB, kid::REVOKED, "bob", t),
+            "revoked_key",
+        ),
+        (
+            "retired key, minted after retirement",
+            token(SampleKey::RsB, kid::RETIRED, "bob", t),
+            "retired_key",
+        ),
+        (
+            "expired",
+            mint(
+                SampleKey::RsA,
+                kid::ACTIVE,
+                &json!({"sub":"bob","jti":"e","iat":t-900,"exp":t-60}),
+            )
+            .expect("mint"),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            mint(
+                SampleKey::RsA,
+                kid::ACTIVE,
+                &json!({"sub":"bob","jti":"n","nbf":t+300,"exp":t+900}),
+            )
+            .expect("mint"),
+            "not_yet_valid",
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none","kid":"k-active"}"#),
+                b64(r#"{"sub":"bob"}"#)
+            ),
+            "malformed",
+        ),
+        (
+            "alg NoNe with signature",
+            mint_raw(
+                SampleKey::RsA,
+                r#"{"alg":"NoNe","kid":"k-active"}"#,
+                r#"{"sub":"bob"}"#,
+            )
+            .expect("mint"),
+            "malformed",
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            hs_confusion,
+            "alg_mismatch",
+        ),
         ("tampered payload", tampered, "bad_signature"),
-        ("unknown kid", token(SampleKey::RsA, "k-nobody", "bob", t), "unknown_kid"),
-        ("signed by a stranger's key under a real kid", token(SampleKey::RsB, kid::ACTIVE, "bob", t), "bad_signature"),
-        ("jku header", mint_raw(SampleKey::RsA, r#"{"alg":"RS256","kid":"k-active","jku":"http://127.0.0.1:1/jwks"}"#, &format!(r#"{{"sub":"b","exp":{}}}"#, t + 60)).expect("mint"), "malformed"),
+        (
+            "unknown kid",
+            token(SampleKey::RsA, "k-nobody", "bob", t),
+            "unknown_kid",
+        ),
+        (
+            "signed by a stranger's key under a real kid",
+            token(SampleKey::RsB, kid::ACTIVE, "bob", t),
+            "bad_signature",
+        ),
+        (
+            "jku header",
+            mint_raw(
+                SampleKey::RsA,
+                r#"{"alg":"RS256","kid":"k-active","jku":"http://127.0.0.1:1/jwks"}"#,
+                &format!(r#"{{"sub":"b","exp":{}}}"#, t + 60),
+            )
+            .expect("mint"),
+            "malformed",
+        ),
         ("garbage", "not-a-token".into(), "malformed"),
     ];
     for (name, tok, want) in &cases {
         let before = reason(&w, want);
         let r = w.get("/account/addresses", tok);
         assert_eq!(r.status, 401, "{name}: {}", r.text());
-        assert_eq!(r.header("www-authenticate"), Some("Bearer error=\"invalid_token\""), "{name}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer error=\"invalid_token\""),
+            "{name}"
+        );
         // The client learns nothing about why.
         assert_eq!(r.json(), json!({"error": "invalid_token"}), "{name}");
-        assert_eq!(reason(&w, want), before + 1.0, "{name}: reason {want} not counted");
+        assert_eq!(
+            reason(&w, want),
+            before + 1.0,
+            "{name}: reason {want} not counted"
+        );
     }
 
     // The forged token produced a key_misuse event carrying a hash of the token id, never the token.
     let forged = &cases[0].1;
     let events = wait_for(Duration::from_secs(3), || {
         let e = w.events();
-        e.iter().any(|e| e["type"] == "key_misuse" && e["reason"] == "forged").then_some(e)
+        e.iter()
+            .any(|e| e["type"] == "key_misuse" && e["reason"] == "forged")
+            .then_some(e)
     })
     .expect("forged-token event");
-    let ev = events.iter().find(|e| e["reason"] == "forged").expect("event");
+    let ev = events
+        .iter()
+        .find(|e| e["reason"] == "forged")
+        .expect("event");
     assert_eq!(ev["account"], "bob");
     assert_eq!(ev["route"], "account");
     assert_eq!(ev["client_ip"], "127.0.0.1");
     assert_eq!(ev["token_hash"].as_str().map(str::len), Some(16));
     let all = std::fs::read_to_string(w.dir.path().join("events.jsonl")).expect("events");
-    assert!(!all.contains(forged.as_str()), "an event contains a raw token");
+    assert!(
+        !all.contains(forged.as_str()),
+        "an event contains a raw token"
+    );
 }
 
 fn jsonwebtoken_sign_hs256(input: &[u8], secret: &[u8]) -> String {
@@ -99,23 +203,50 @@ fn a_login_observed_inline_makes_its_token_valid_at_once() {
     let up = Upstream::start(kid::ACTIVE);
     let w = Warden::start(&up, "");
     // JSON body.
-    let r = request(w.proxy, "POST", "/login", &[("Content-Type", "application/json")], br#"{"account":"dave"}"#);
+    let r = request(
+        w.proxy,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/json")],
+        br#"{"account":"dave"}"#,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    let tok = r.json()["access_token"].as_str().expect("access_token").to_owned();
+    let tok = r.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
     let r = w.get("/account/orders", &tok);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["account"], "dave");
     // Set-Cookie, used as a cookie.
     let r = request(w.proxy, "POST", "/login-cookie?account=erin", &[], b"");
     assert_eq!(r.status, 200);
-    let cookie = r.header("set-cookie").expect("set-cookie").split(';').next().expect("pair").to_owned();
-    let r = request(w.proxy, "GET", "/account/addresses", &[("Cookie", &cookie)], b"");
+    let cookie = r
+        .header("set-cookie")
+        .expect("set-cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned();
+    let r = request(
+        w.proxy,
+        "GET",
+        "/account/addresses",
+        &[("Cookie", &cookie)],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["account"], "erin");
-    assert_eq!(w.metric("warden_ledger_records_total{source=\"inline\"}"), 2.0);
+    assert_eq!(
+        w.metric("warden_ledger_records_total{source=\"inline\"}"),
+        2.0
+    );
     // A login that did not pass through warden was never observed: its token is refused.
     let direct = request(up.addr, "POST", "/login", &[], br#"{"account":"frank"}"#);
-    let tok = direct.json()["access_token"].as_str().expect("token").to_owned();
+    let tok = direct.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
     assert_eq!(w.get("/account/orders", &tok).status, 401);
 }
 
@@ -124,9 +255,15 @@ fn an_acknowledged_record_survives_kill_9() {
     let up = Upstream::start(kid::ACTIVE);
     let mut w = Warden::start(&up, "");
     let t = now();
-    let tokens: Vec<String> = (0..300).map(|i| token(SampleKey::Hs, kid::HS, &format!("user{i}"), t)).collect();
+    let tokens: Vec<String> = (0..300)
+        .map(|i| token(SampleKey::Hs, kid::HS, &format!("user{i}"), t))
+        .collect();
     let batch: Vec<_> = tokens.iter().map(|t| json!({"token": t})).collect();
-    let r = w.admin("POST", "/ledger/records", &json!({"records": batch}).to_string());
+    let r = w.admin(
+        "POST",
+        "/ledger/records",
+        &json!({"records": batch}).to_string(),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["recorded"], 300);
     // And one more, alone, the very last thing before the kill.
@@ -134,7 +271,11 @@ fn an_acknowledged_record_survives_kill_9() {
     w.record(&last);
     w.kill9_and_restart();
     for tok in tokens.iter().step_by(37).chain(std::iter::once(&last)) {
-        assert_eq!(w.get("/account/addresses", tok).status, 200, "record lost after kill -9");
+        assert_eq!(
+            w.get("/account/addresses", tok).status,
+            200,
+            "record lost after kill -9"
+        );
     }
     let stats = w.admin("GET", "/ledger/stats", "").json();
     assert_eq!(stats["entries"], 301);
@@ -150,15 +291,24 @@ fn a_just_issued_token_waits_briefly_for_its_record() {
     std::thread::sleep(Duration::from_millis(100));
     w.record(&fresh);
     assert_eq!(pending.join().expect("request thread"), 200);
-    assert_eq!(w.metric("warden_issuance_wait_total{outcome=\"found\"}"), 1.0);
+    assert_eq!(
+        w.metric("warden_issuance_wait_total{outcome=\"found\"}"),
+        1.0
+    );
     // A fresh token whose record never comes is refused after the wait.
     let forged = token(SampleKey::RsA, kid::ACTIVE, "henry", now());
     assert_eq!(w.get("/account/addresses", &forged).status, 401);
-    assert_eq!(w.metric("warden_issuance_wait_total{outcome=\"timeout\"}"), 1.0);
+    assert_eq!(
+        w.metric("warden_issuance_wait_total{outcome=\"timeout\"}"),
+        1.0
+    );
     // An old unknown token does not wait at all.
     let old = token(SampleKey::RsA, kid::ACTIVE, "ivan", now() - 120);
     assert_eq!(w.get("/account/addresses", &old).status, 401);
-    assert_eq!(w.metric("warden_issuance_wait_total{outcome=\"timeout\"}"), 1.0);
+    assert_eq!(
+        w.metric("warden_issuance_wait_total{outcome=\"timeout\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -181,7 +331,11 @@ fn revocation_by_token_account_and_key_id() {
     assert_eq!(r.status, 200);
     assert_eq!(w.get("/account/x", &a1).status, 401);
     assert_eq!(w.get("/account/x", &a2).status, 401);
-    w.admin("POST", "/ledger/revoke", &format!(r#"{{"kid":"{}"}}"#, kid::ED));
+    w.admin(
+        "POST",
+        "/ledger/revoke",
+        &format!(r#"{{"kid":"{}"}}"#, kid::ED),
+    );
     assert_eq!(w.get("/account/x", &c1).status, 401);
     assert_eq!(reason(&w, "revoked_token"), 3.0);
     assert_eq!(reason(&w, "revoked_key"), 1.0);
@@ -198,7 +352,8 @@ fn revocation_by_token_account_and_key_id() {
 
 fn jti_of(tok: &str) -> String {
     let p = tok.split('.').nth(1).expect("payload");
-    let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).expect("b64");
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).expect("b64");
     let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
     v["jti"].as_str().expect("jti").to_owned()
 }
@@ -214,7 +369,9 @@ fn the_key_registry_reloads_without_a_restart() {
     // A broken file is refused; the old registry stays.
     std::fs::write(w.config_path(), "[upstream\n").expect("write");
     w.sighup();
-    let refused = wait_for(Duration::from_secs(2), || (w.metric("warden_reloads_total{outcome=\"error\"}") == 1.0).then_some(()));
+    let refused = wait_for(Duration::from_secs(2), || {
+        (w.metric("warden_reloads_total{outcome=\"error\"}") == 1.0).then_some(())
+    });
     assert!(refused.is_some(), "bad reload not counted");
     assert_eq!(w.get("/account/a", &tok).status, 200);
 
@@ -228,9 +385,14 @@ status = "revoked"
 "#;
     w.write_config(up.addr, keys);
     w.sighup();
-    let applied = wait_for(Duration::from_secs(1), || (w.get("/account/a", &tok).status == 401).then_some(()));
+    let applied = wait_for(Duration::from_secs(1), || {
+        (w.get("/account/a", &tok).status == 401).then_some(())
+    });
     assert!(applied.is_some(), "revocation did not apply within 1 s");
-    assert_eq!(w.admin("GET", "/config/generation", "").json()["generation"], 2);
+    assert_eq!(
+        w.admin("GET", "/config/generation", "").json()["generation"],
+        2
+    );
     // The same through the admin API.
     w.write_config(up.addr, "");
     let r = w.admin("POST", "/reload", "");
@@ -249,41 +411,114 @@ fn bad_input_gets_a_clear_refusal_and_warden_keeps_serving() {
     assert_eq!(request(p, "GET", "/account/a", &[], b"").status, 401);
     let other = token(SampleKey::RsA, kid::ACTIVE, "alice", now());
     w.record(&other);
-    let r = request(p, "GET", "/account/a", &[("Authorization", &format!("Bearer {tok}")), ("Cookie", &format!("session={other}"))], b"");
+    let r = request(
+        p,
+        "GET",
+        "/account/a",
+        &[
+            ("Authorization", &format!("Bearer {tok}")),
+            ("Cookie", &format!("session={other}")),
+        ],
+        b"",
+    );
     assert_eq!(r.status, 401, "two different tokens must be refused");
     // Ambiguous paths are refused, lenient spellings are still protected.
-    assert_eq!(request(p, "GET", "/account%2faddresses", &[], b"").status, 400);
-    for path in ["//account/addresses", "/x/../account/addresses", "/%61ccount/addresses", "/account;a=b/addresses"] {
-        assert_eq!(request(p, "GET", path, &[], b"").status, 401, "{path} bypassed protection");
+    assert_eq!(
+        request(p, "GET", "/account%2faddresses", &[], b"").status,
+        400
+    );
+    for path in [
+        "//account/addresses",
+        "/x/../account/addresses",
+        "/%61ccount/addresses",
+        "/account;a=b/addresses",
+    ] {
+        assert_eq!(
+            request(p, "GET", path, &[], b"").status,
+            401,
+            "{path} bypassed protection"
+        );
     }
     // Hostile tokens of every shape.
-    let deep = format!("{}.{}.c2ln", "eyJhbGciOiJSUzI1NiJ9", base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, "[".repeat(10_000)));
-    for bad in ["", "a.b", "a.b.c.d", "....", "eyJ.eyJ.eyJ", &"x".repeat(9000), &deep, "é.é.é"] {
-        let r = request(p, "GET", "/account/a", &[("Authorization", &format!("Bearer {bad}"))], b"");
-        assert!(matches!(r.status, 400 | 401), "{} -> {}", &bad[..bad.len().min(20)], r.status);
+    let deep = format!(
+        "{}.{}.c2ln",
+        "eyJhbGciOiJSUzI1NiJ9",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            "[".repeat(10_000)
+        )
+    );
+    for bad in [
+        "",
+        "a.b",
+        "a.b.c.d",
+        "....",
+        "eyJ.eyJ.eyJ",
+        &"x".repeat(9000),
+        &deep,
+        "é.é.é",
+    ] {
+        let r = request(
+            p,
+            "GET",
+            "/account/a",
+            &[("Authorization", &format!("Bearer {bad}"))],
+            b"",
+        );
+        assert!(
+            matches!(r.status, 400 | 401),
+            "{} -> {}",
+            &bad[..bad.len().min(20)],
+            r.status
+        );
     }
     // An oversized header is refused by the HTTP layer, not a crash.
-    let huge = format!("GET /account/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+    let huge = format!(
+        "GET /account/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
     if let Ok(r) = warden_e2e::raw(p, huge.as_bytes()) {
         assert!(r.status >= 400, "oversized header accepted: {}", r.status);
     }
     // Admin: no token, wrong token, bad JSON, bad records.
     let r = request(w.admin, "POST", "/ledger/records", &[], br#"{"token":"x"}"#);
     assert_eq!(r.status, 401);
-    let r = request(w.admin, "POST", "/ledger/records", &[("Authorization", "Bearer wrong")], b"{}");
+    let r = request(
+        w.admin,
+        "POST",
+        "/ledger/records",
+        &[("Authorization", "Bearer wrong")],
+        b"{}",
+    );
     assert_eq!(r.status, 401);
     assert_eq!(w.metric("warden_admin_auth_failures_total"), 2.0);
     let r = w.admin("POST", "/ledger/records", "{not json");
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("not JSON")));
-    let r = w.admin("POST", "/ledger/records", r#"[{"jti":"x"},{"token":"a.b.c"}]"#);
+    assert!(r.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("not JSON")));
+    let r = w.admin(
+        "POST",
+        "/ledger/records",
+        r#"[{"jti":"x"},{"token":"a.b.c"}]"#,
+    );
     assert_eq!(r.status, 422);
     assert_eq!(r.json()["rejected"].as_array().map(Vec::len), Some(2));
     let r = w.admin("POST", "/ledger/revoke", r#"{"colour":"red"}"#);
     assert_eq!(r.status, 400);
     let r = w.admin("GET", "/ledger/records/zz", "");
     assert_eq!(r.status, 400);
-    assert!(request(w.admin, "GET", "/nope", &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))], b"").status == 404);
+    assert!(
+        request(
+            w.admin,
+            "GET",
+            "/nope",
+            &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            b""
+        )
+        .status
+            == 404
+    );
     // Still serving.
     assert!(w.alive(), "warden died; log:\n{}", w.log());
     assert_eq!(w.get("/account/a", &tok).status, 200);

@@ -145,19 +145,28 @@ impl AdminApp {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_BODY {
-                        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {MAX_BODY} bytes")));
+                        return Err(error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("body over {MAX_BODY} bytes"),
+                        ));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(body),
-                Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))),
+                Err(e) => {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read body: {e}"),
+                    ))
+                }
             }
         }
     }
 
     async fn json_body(session: &mut ServerSession) -> Result<Value, Response<Vec<u8>>> {
         let body = Self::body(session).await?;
-        serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
     }
 
     async fn record(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -172,10 +181,18 @@ impl AdminApp {
                 _ => return error(StatusCode::BAD_REQUEST, "\"records\" must be an array"),
             },
             obj @ Value::Object(_) => vec![obj],
-            _ => return error(StatusCode::BAD_REQUEST, "expected a record object, an array of them, or {\"records\": [...]}"),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "expected a record object, an array of them, or {\"records\": [...]}",
+                )
+            }
         };
         if items.len() > MAX_BATCH {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("{} records, at most {MAX_BATCH} per call", items.len()));
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{} records, at most {MAX_BATCH} per call", items.len()),
+            );
         }
         let now = self.control.now();
         let mut records = Vec::with_capacity(items.len());
@@ -201,7 +218,11 @@ impl AdminApp {
             }
             metrics.records(Source::Admin, n as u64);
         }
-        let status = if n == 0 && !rejected.is_empty() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+        let status = if n == 0 && !rejected.is_empty() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
         reply(status, &json!({"recorded": n, "rejected": rejected}))
     }
 
@@ -211,11 +232,21 @@ impl AdminApp {
             Err(r) => return r,
         };
         let Some(obj) = v.as_object().filter(|o| o.len() == 1) else {
-            return error(StatusCode::BAD_REQUEST, "expected one of {\"jti\"}, {\"token_id\"}, {\"token\"}, {\"account\"}, {\"kid\"}");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected one of {\"jti\"}, {\"token_id\"}, {\"token\"}, {\"account\"}, {\"kid\"}",
+            );
         };
-        let (key, value) = obj.iter().next().map(|(k, v)| (k.as_str(), v.as_str())).unwrap_or(("", None));
+        let (key, value) = obj
+            .iter()
+            .next()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .unwrap_or(("", None));
         let Some(value) = value.filter(|s| !s.is_empty()) else {
-            return error(StatusCode::BAD_REQUEST, format!("{key:?} must be a non-empty string"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{key:?} must be a non-empty string"),
+            );
         };
         let now = self.control.now();
         let revocation = match key {
@@ -245,7 +276,10 @@ impl AdminApp {
     async fn lookup(&self, id: TokenId) -> Response<Vec<u8>> {
         match self.control.ledger().get(&id).await {
             Ok(Some(v)) => reply(StatusCode::OK, &view_json(&v)),
-            Ok(None) => error(StatusCode::NOT_FOUND, format!("no record for token id {}", id.to_hex())),
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                format!("no record for token id {}", id.to_hex()),
+            ),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
@@ -262,13 +296,22 @@ impl AdminApp {
                 return if c.ready() {
                     reply(StatusCode::OK, &json!({"status": "ready"}))
                 } else {
-                    reply(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "starting"}))
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "starting"}),
+                    )
                 }
             }
             (&Method::GET, "/metrics") => {
-                return text(StatusCode::OK, "text/plain; version=0.0.4", c.metrics().encode().into_bytes())
+                return text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    c.metrics().encode().into_bytes(),
+                )
             }
-            (&Method::GET, "/config/generation") => return reply(StatusCode::OK, &json!({"generation": c.generation()})),
+            (&Method::GET, "/config/generation") => {
+                return reply(StatusCode::OK, &json!({"generation": c.generation()}))
+            }
             (&Method::GET, "/ledger/stats") => {
                 let s = c.ledger().stats();
                 return reply(
@@ -281,15 +324,24 @@ impl AdminApp {
         }
         let known = matches!(
             (&method, path.as_str()),
-            (&Method::POST, "/reload" | "/ledger/records" | "/ledger/revoke") | (&Method::GET, "/ledger/lookup")
+            (
+                &Method::POST,
+                "/reload" | "/ledger/records" | "/ledger/revoke"
+            ) | (&Method::GET, "/ledger/lookup")
         ) || (method == Method::GET && path.starts_with("/ledger/records/"));
         if !known {
-            return error(StatusCode::NOT_FOUND, format!("no endpoint {method} {path}"));
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no endpoint {method} {path}"),
+            );
         }
         match self.authenticate(session) {
             Auth::Ok => {}
             Auth::NotConfigured => {
-                return error(StatusCode::FORBIDDEN, "mutating and ledger endpoints are disabled: set admin.token_file")
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "mutating and ledger endpoints are disabled: set admin.token_file",
+                )
             }
             Auth::Failed => {
                 c.metrics().admin_auth_failures.inc();
@@ -304,14 +356,19 @@ impl AdminApp {
         match (&method, path.as_str()) {
             (&Method::POST, "/reload") => match c.reload() {
                 Ok(g) => reply(StatusCode::OK, &json!({"generation": g})),
-                Err(errors) => reply(StatusCode::UNPROCESSABLE_ENTITY, &json!({"errors": errors, "generation": c.generation()})),
+                Err(errors) => reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({"errors": errors, "generation": c.generation()}),
+                ),
             },
             (&Method::POST, "/ledger/records") => self.record(session).await,
             (&Method::POST, "/ledger/revoke") => self.revoke(session).await,
             (&Method::GET, "/ledger/lookup") => {
                 let jti = query.split('&').find_map(|kv| kv.strip_prefix("jti="));
                 match jti {
-                    Some(j) if !j.is_empty() => self.lookup(TokenId::from_jti(&percent_decode(j))).await,
+                    Some(j) if !j.is_empty() => {
+                        self.lookup(TokenId::from_jti(&percent_decode(j))).await
+                    }
                     _ => error(StatusCode::BAD_REQUEST, "expected ?jti=..."),
                 }
             }
@@ -331,7 +388,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;

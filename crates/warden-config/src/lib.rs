@@ -45,8 +45,8 @@ use warden_core::keys::{specs_from_jwks, KeyMaterial, KeyRegistry, KeySpec, KeyS
 use warden_core::token::parse_alg;
 use warden_core::verify::Policy;
 
-pub use diag::{Diagnostic, Severity};
 use diag::Sink;
+pub use diag::{Diagnostic, Severity};
 use model::*;
 use raw::S;
 
@@ -130,7 +130,11 @@ struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
-    fn de<T: DeserializeOwned + Default>(&mut self, name: &'static str, v: &Spanned<DeValue<'_>>) -> T {
+    fn de<T: DeserializeOwned + Default>(
+        &mut self,
+        name: &'static str,
+        v: &Spanned<DeValue<'_>>,
+    ) -> T {
         match T::deserialize(ValueDeserializer::from(v.clone())) {
             Ok(t) => t,
             Err(e) => {
@@ -150,7 +154,10 @@ impl Compiler<'_> {
         let Some(items) = v.get_ref().as_array() else {
             self.sink.error(
                 v.span(),
-                format!("`{name}` must be an array of tables ([[{name}]]), found a {}", v.get_ref().type_str()),
+                format!(
+                    "`{name}` must be an array of tables ([[{name}]]), found a {}",
+                    v.get_ref().type_str()
+                ),
             );
             return Vec::new();
         };
@@ -230,7 +237,13 @@ impl Compiler<'_> {
         }
     }
 
-    fn count(&mut self, field: &str, v: &Option<S<i64>>, default: usize, range: Range<i64>) -> usize {
+    fn count(
+        &mut self,
+        field: &str,
+        v: &Option<S<i64>>,
+        default: usize,
+        range: Range<i64>,
+    ) -> usize {
         let Some(v) = v else { return default };
         let n = *v.get_ref();
         if range.contains(&n) {
@@ -238,7 +251,11 @@ impl Compiler<'_> {
         } else {
             self.sink.error(
                 v.span(),
-                format!("{field} = {n} is out of range; expected {} to {}", range.start, range.end - 1),
+                format!(
+                    "{field} = {n} is out of range; expected {} to {}",
+                    range.start,
+                    range.end - 1
+                ),
             );
             default
         }
@@ -269,7 +286,13 @@ impl Compiler<'_> {
         }
     }
 
-    fn one_of<T: Copy>(&mut self, field: &str, v: &Option<S<String>>, options: &[(&str, T)], default: T) -> T {
+    fn one_of<T: Copy>(
+        &mut self,
+        field: &str,
+        v: &Option<S<String>>,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
         let Some(v) = v else { return default };
         if let Some((_, t)) = options.iter().find(|(n, _)| *n == v.get_ref()) {
             return *t;
@@ -277,7 +300,11 @@ impl Compiler<'_> {
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
         self.sink.error(
             v.span(),
-            format!("{field} = {:?} is not one of: {}", v.get_ref(), names.join(", ")),
+            format!(
+                "{field} = {:?} is not one of: {}",
+                v.get_ref(),
+                names.join(", ")
+            ),
         );
         default
     }
@@ -295,7 +322,10 @@ impl Compiler<'_> {
                     }
                 }
                 if list.get_ref().is_empty() {
-                    self.sink.error(list.span(), "server.listen is empty; expected at least one address");
+                    self.sink.error(
+                        list.span(),
+                        "server.listen is empty; expected at least one address",
+                    );
                 }
             }
             None => listen.push(SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -304,15 +334,19 @@ impl Compiler<'_> {
         Server {
             listen,
             threads: self.count("server.threads", &s.threads, cpus, 1..1025),
-            upgrade_sock: s
-                .upgrade_sock
-                .as_ref()
-                .map_or_else(|| PathBuf::from("/tmp/warden_upgrade.sock"), |p| self.path(p.get_ref())),
-            pid_file: s
-                .pid_file
-                .as_ref()
-                .map_or_else(|| PathBuf::from("/tmp/warden.pid"), |p| self.path(p.get_ref())),
-            grace_period: self.duration("server.grace_period", &s.grace_period, Duration::from_secs(5)),
+            upgrade_sock: s.upgrade_sock.as_ref().map_or_else(
+                || PathBuf::from("/tmp/warden_upgrade.sock"),
+                |p| self.path(p.get_ref()),
+            ),
+            pid_file: s.pid_file.as_ref().map_or_else(
+                || PathBuf::from("/tmp/warden.pid"),
+                |p| self.path(p.get_ref()),
+            ),
+            grace_period: self.duration(
+                "server.grace_period",
+                &s.grace_period,
+                Duration::from_secs(5),
+            ),
             graceful_shutdown_timeout: self.duration(
                 "server.graceful_shutdown_timeout",
                 &s.graceful_shutdown_timeout,
@@ -355,7 +389,10 @@ impl Compiler<'_> {
                     }
                 }
                 if list.get_ref().is_empty() {
-                    self.sink.error(list.span(), "upstream.peers is empty; expected at least one address");
+                    self.sink.error(
+                        list.span(),
+                        "upstream.peers is empty; expected at least one address",
+                    );
                 }
             }
             None if self.failed.contains(&"upstream") => return None,
@@ -370,10 +407,26 @@ impl Compiler<'_> {
         }
         Some(Upstream {
             peers,
-            connect_timeout: self.duration("upstream.connect_timeout", &u.connect_timeout, Duration::from_secs(2)),
-            read_timeout: self.duration("upstream.read_timeout", &u.read_timeout, Duration::from_secs(30)),
-            write_timeout: self.duration("upstream.write_timeout", &u.write_timeout, Duration::from_secs(30)),
-            idle_timeout: self.duration("upstream.idle_timeout", &u.idle_timeout, Duration::from_secs(60)),
+            connect_timeout: self.duration(
+                "upstream.connect_timeout",
+                &u.connect_timeout,
+                Duration::from_secs(2),
+            ),
+            read_timeout: self.duration(
+                "upstream.read_timeout",
+                &u.read_timeout,
+                Duration::from_secs(30),
+            ),
+            write_timeout: self.duration(
+                "upstream.write_timeout",
+                &u.write_timeout,
+                Duration::from_secs(30),
+            ),
+            idle_timeout: self.duration(
+                "upstream.idle_timeout",
+                &u.idle_timeout,
+                Duration::from_secs(60),
+            ),
             host_header: u.host_header.map(Spanned::into_inner),
         })
     }
@@ -387,7 +440,9 @@ impl Compiler<'_> {
                     Ok(cidr) => trusted.push(cidr),
                     Err(why) => self.sink.error(
                         t.span(),
-                        format!("client_ip.trusted_proxies: {why}; expected a CIDR like \"10.0.0.0/8\""),
+                        format!(
+                            "client_ip.trusted_proxies: {why}; expected a CIDR like \"10.0.0.0/8\""
+                        ),
                     ),
                 }
             }
@@ -417,19 +472,31 @@ impl Compiler<'_> {
         let cookie = t.cookie.as_ref().map(|c| c.get_ref().clone());
         if header.is_none() && cookie.is_none() {
             let span = t.header.as_ref().map_or(0..0, Spanned::span);
-            self.sink.error(span, "token: neither header nor cookie is set; warden would find no token");
+            self.sink.error(
+                span,
+                "token: neither header nor cookie is set; warden would find no token",
+            );
         }
         let defaults = Policy::default();
         let policy = Policy {
             leeway_seconds: self
-                .duration("token.leeway", &t.leeway, Duration::from_secs(defaults.leeway_seconds))
+                .duration(
+                    "token.leeway",
+                    &t.leeway,
+                    Duration::from_secs(defaults.leeway_seconds),
+                )
                 .as_secs(),
             issuer: t.issuer.map(Spanned::into_inner),
             audience: t.audience.map(Spanned::into_inner),
             account_claim: t
                 .account_claim
                 .map_or(defaults.account_claim, Spanned::into_inner),
-            max_token_bytes: self.count("token.max_bytes", &t.max_bytes, defaults.max_token_bytes, 64..(1 << 20) + 1),
+            max_token_bytes: self.count(
+                "token.max_bytes",
+                &t.max_bytes,
+                defaults.max_token_bytes,
+                64..(1 << 20) + 1,
+            ),
             cache_capacity: self.count(
                 "token.cache_capacity",
                 &t.cache_capacity,
@@ -453,10 +520,14 @@ impl Compiler<'_> {
                 continue;
             }
             let state = self.key_state(k);
-            let sources = [k.pem_file.is_some(), k.pem.is_some(), k.secret_file.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let sources = [
+                k.pem_file.is_some(),
+                k.pem.is_some(),
+                k.secret_file.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if sources > 1 {
                 self.sink.error(
                     span.clone(),
@@ -476,7 +547,10 @@ impl Compiler<'_> {
                 continue;
             }
             let Some(alg_v) = &k.alg else {
-                self.sink.error(k.kid.span(), format!("key {kid:?} needs alg (RS256, ES256, EdDSA, HS256, ...)"));
+                self.sink.error(
+                    k.kid.span(),
+                    format!("key {kid:?} needs alg (RS256, ES256, EdDSA, HS256, ...)"),
+                );
                 continue;
             };
             let Some(alg) = parse_alg(alg_v.get_ref()) else {
@@ -502,7 +576,10 @@ impl Compiler<'_> {
                     Ok(bytes) if field == "pem_file" => KeyMaterial::Pem(bytes),
                     Ok(bytes) => KeyMaterial::Secret(trim_ascii_end(bytes)),
                     Err(e) => {
-                        self.sink.error(v.span(), format!("key {kid:?}: cannot read {field} {}: {e}", file.display()));
+                        self.sink.error(
+                            v.span(),
+                            format!("key {kid:?}: cannot read {field} {}: {e}", file.display()),
+                        );
                         continue;
                     }
                 }
@@ -521,7 +598,10 @@ impl Compiler<'_> {
                 let text = match std::fs::read_to_string(&file) {
                     Ok(t) => t,
                     Err(e) => {
-                        self.sink.error(f.span(), format!("jwks: cannot read {}: {e}", file.display()));
+                        self.sink.error(
+                            f.span(),
+                            format!("jwks: cannot read {}: {e}", file.display()),
+                        );
                         continue;
                     }
                 };
@@ -532,7 +612,9 @@ impl Compiler<'_> {
                             specs.push(s);
                         }
                     }
-                    Err(e) => self.sink.error(f.span(), format!("{}: {e}", file.display())),
+                    Err(e) => self
+                        .sink
+                        .error(f.span(), format!("{}: {e}", file.display())),
                 }
             }
         }
@@ -541,7 +623,10 @@ impl Compiler<'_> {
                 Some(s) => s.state = state,
                 None => self.sink.error(
                     kid.span(),
-                    format!("key {:?} has no material and is not in any JWKS file", kid.get_ref()),
+                    format!(
+                        "key {:?} has no material and is not in any JWKS file",
+                        kid.get_ref()
+                    ),
                 ),
             }
         }
@@ -584,7 +669,10 @@ impl Compiler<'_> {
             },
             ("retired", None) => {
                 let span = k.status.as_ref().map_or(k.kid.span(), Spanned::span);
-                self.sink.error(span, format!("key {kid:?} is retired but has no retired_at"));
+                self.sink.error(
+                    span,
+                    format!("key {kid:?} is retired but has no retired_at"),
+                );
                 KeyState::Revoked
             }
             ("active" | "revoked", Some(at)) => {
@@ -598,7 +686,9 @@ impl Compiler<'_> {
                 let span = k.status.as_ref().map_or(k.kid.span(), Spanned::span);
                 self.sink.error(
                     span,
-                    format!("key {kid:?}: status {other:?} is not one of: active, retired, revoked"),
+                    format!(
+                        "key {kid:?}: status {other:?} is not one of: active, retired, revoked"
+                    ),
                 );
                 KeyState::Revoked
             }
@@ -607,14 +697,24 @@ impl Compiler<'_> {
 
     fn ledger(&mut self) -> Ledger {
         let l = std::mem::take(&mut self.sections.ledger);
-        let backend_name = l.backend.as_ref().map_or("embedded", |b| b.get_ref().as_str());
+        let backend_name = l
+            .backend
+            .as_ref()
+            .map_or("embedded", |b| b.get_ref().as_str());
         let backend = match backend_name {
             "embedded" => Backend::Embedded {
-                path: self.path(l.path.as_ref().map_or("ledger.redb", |p| p.get_ref().as_str())),
+                path: self.path(
+                    l.path
+                        .as_ref()
+                        .map_or("ledger.redb", |p| p.get_ref().as_str()),
+                ),
             },
             other => {
                 let span = l.backend.as_ref().map_or(0..0, Spanned::span);
-                self.sink.error(span, format!("ledger.backend = {other:?} is not one of: embedded"));
+                self.sink.error(
+                    span,
+                    format!("ledger.backend = {other:?} is not one of: embedded"),
+                );
                 Backend::Embedded {
                     path: PathBuf::new(),
                 }
@@ -623,12 +723,28 @@ impl Compiler<'_> {
         Ledger {
             backend,
             timeout: self.duration("ledger.timeout", &l.timeout, Duration::from_millis(50)),
-            issuance_wait: self.duration("ledger.issuance_wait", &l.issuance_wait, Duration::from_millis(250)),
-            issuance_window: self.duration("ledger.issuance_window", &l.issuance_window, Duration::from_secs(5)),
+            issuance_wait: self.duration(
+                "ledger.issuance_wait",
+                &l.issuance_wait,
+                Duration::from_millis(250),
+            ),
+            issuance_window: self.duration(
+                "ledger.issuance_window",
+                &l.issuance_window,
+                Duration::from_secs(5),
+            ),
             max_waiters: self.count("ledger.max_waiters", &l.max_waiters, 1024, 0..1_000_001),
             write_queue: self.count("ledger.write_queue", &l.write_queue, 65_536, 1..10_000_001),
-            sweep_interval: self.duration("ledger.sweep_interval", &l.sweep_interval, Duration::from_secs(60)),
-            expiry_grace: self.duration("ledger.expiry_grace", &l.expiry_grace, Duration::from_secs(3600)),
+            sweep_interval: self.duration(
+                "ledger.sweep_interval",
+                &l.sweep_interval,
+                Duration::from_secs(60),
+            ),
+            expiry_grace: self.duration(
+                "ledger.expiry_grace",
+                &l.expiry_grace,
+                Duration::from_secs(3600),
+            ),
         }
     }
 
@@ -640,27 +756,44 @@ impl Compiler<'_> {
             ("issuance", RouteClass::Issuance),
             ("open", RouteClass::Open),
         ];
-        let default_class = self.one_of("routing.default_class", &routing.default_class, &classes, RouteClass::Open);
+        let default_class = self.one_of(
+            "routing.default_class",
+            &routing.default_class,
+            &classes,
+            RouteClass::Open,
+        );
         let case_insensitive = routing.case_insensitive.is_some_and(|b| *b.get_ref());
         let mut list: Vec<Route> = Vec::new();
         let mut pattern_spans: Vec<(PathPattern, Vec<String>, Range<usize>)> = Vec::new();
         for (r, _span) in raw_routes {
             let name = r.name.get_ref().clone();
             if list.iter().any(|o| o.name == name) {
-                self.sink.error(r.name.span(), format!("route name {name:?} is used twice"));
+                self.sink
+                    .error(r.name.span(), format!("route name {name:?} is used twice"));
             }
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
                 self.sink.error(
                     r.name.span(),
                     format!("route name {name:?} must be non-empty ASCII letters, digits, '_' or '-' (it is a metric label)"),
                 );
             }
-            let class = self.one_of("routes.class", &Some(r.class.clone()), &classes, RouteClass::Open);
+            let class = self.one_of(
+                "routes.class",
+                &Some(r.class.clone()),
+                &classes,
+                RouteClass::Open,
+            );
             let mut methods = Vec::new();
             if let Some(ms) = &r.methods {
                 for m in ms.get_ref() {
                     let up = m.get_ref().to_ascii_uppercase();
-                    if ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&up.as_str()) {
+                    if ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+                        .contains(&up.as_str())
+                    {
                         methods.push(up);
                     } else {
                         self.sink.error(m.span(), format!("method {:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS", m.get_ref()));
@@ -669,7 +802,8 @@ impl Compiler<'_> {
             }
             let mut paths = Vec::new();
             if r.paths.get_ref().is_empty() {
-                self.sink.error(r.paths.span(), format!("route {name:?} has no paths"));
+                self.sink
+                    .error(r.paths.span(), format!("route {name:?} has no paths"));
             }
             for p in r.paths.get_ref() {
                 let text = p.get_ref();
@@ -682,17 +816,25 @@ impl Compiler<'_> {
                     );
                     continue;
                 }
-                let norm = if case_insensitive { text.to_ascii_lowercase() } else { text.clone() };
+                let norm = if case_insensitive {
+                    text.to_ascii_lowercase()
+                } else {
+                    text.clone()
+                };
                 let pattern = match norm.strip_suffix('*') {
                     Some(prefix) => PathPattern::Prefix(prefix.to_owned()),
                     None => PathPattern::Exact(norm),
                 };
                 // A path an earlier route already covers, for the same methods, never reaches this one.
                 let covered = pattern_spans.iter().any(|(earlier, ms, _)| {
-                    let methods_covered = ms.is_empty() || (!methods.is_empty() && methods.iter().all(|m| ms.contains(m)));
+                    let methods_covered = ms.is_empty()
+                        || (!methods.is_empty() && methods.iter().all(|m| ms.contains(m)));
                     methods_covered
                         && match (earlier, &pattern) {
-                            (PathPattern::Prefix(a), PathPattern::Prefix(b) | PathPattern::Exact(b)) => b.starts_with(a.as_str()),
+                            (
+                                PathPattern::Prefix(a),
+                                PathPattern::Prefix(b) | PathPattern::Exact(b),
+                            ) => b.starts_with(a.as_str()),
                             (PathPattern::Exact(a), PathPattern::Exact(b)) => a == b,
                             (PathPattern::Exact(_), PathPattern::Prefix(_)) => false,
                         }
@@ -706,13 +848,24 @@ impl Compiler<'_> {
             let on_backend_failure = self.one_of(
                 "routes.on_backend_failure",
                 &r.on_backend_failure,
-                &[("fail_closed", FailMode::Closed), ("fail_open", FailMode::Open)],
-                if class == RouteClass::Protected { FailMode::Closed } else { FailMode::Open },
+                &[
+                    ("fail_closed", FailMode::Closed),
+                    ("fail_open", FailMode::Open),
+                ],
+                if class == RouteClass::Protected {
+                    FailMode::Closed
+                } else {
+                    FailMode::Open
+                },
             );
-            let reject_status = self.count("routes.reject_status", &r.reject_status, 401, 400..600) as u16;
+            let reject_status =
+                self.count("routes.reject_status", &r.reject_status, 401, 400..600) as u16;
             let capture = match (&r.token_json_field, &r.token_cookie) {
                 (Some(_), Some(c)) => {
-                    self.sink.error(c.span(), format!("route {name:?}: set only one of token_json_field, token_cookie"));
+                    self.sink.error(
+                        c.span(),
+                        format!("route {name:?}: set only one of token_json_field, token_cookie"),
+                    );
                     None
                 }
                 (Some(f), None) => {
@@ -746,8 +899,13 @@ impl Compiler<'_> {
                 capture,
             });
         }
-        if !list.iter().any(|r| r.class == RouteClass::Protected) && default_class != RouteClass::Protected {
-            self.sink.warn(0..0, "no protected route: warden will enforce token provenance nowhere");
+        if !list.iter().any(|r| r.class == RouteClass::Protected)
+            && default_class != RouteClass::Protected
+        {
+            self.sink.warn(
+                0..0,
+                "no protected route: warden will enforce token provenance nowhere",
+            );
         }
         Routes {
             list,

@@ -2,14 +2,24 @@ use super::*;
 
 fn ok(src: &str) -> Loaded {
     compile_str(Path::new("w.toml"), src).unwrap_or_else(|e| {
-        panic!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        panic!(
+            "{}",
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     })
 }
 
 fn errs(src: &str) -> Vec<String> {
     match compile_str(Path::new("w.toml"), src) {
         Ok(_) => panic!("accepted:\n{src}"),
-        Err(e) => e.iter().filter(|d| d.severity == Severity::Error).map(ToString::to_string).collect(),
+        Err(e) => e
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 
@@ -19,7 +29,10 @@ const MIN: &str = "[upstream]\npeers = [\"127.0.0.1:8081\"]\n";
 fn minimal_config_has_safe_defaults() {
     let l = ok(MIN);
     let c = l.config;
-    assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
+    assert_eq!(
+        c.server.listen,
+        vec!["127.0.0.1:8080".parse().expect("addr")]
+    );
     assert!(c.admin.listen.ip().is_loopback());
     assert_eq!(c.token.header.as_deref(), Some("authorization"));
     assert_eq!(c.routes.default_class, RouteClass::Open);
@@ -59,7 +72,7 @@ x = 1
     let expect = [
         "w.toml:2:28: error: upstream.peers: \"not-an-address\" is not an address",
         "w.toml:3:19: error: upstream.connect_timeout = \"fast\" is not a duration",
-        "w.toml:6:10: error:",  // leeway is an integer where a string was expected
+        "w.toml:6:10: error:", // leeway is an integer where a string was expected
         "w.toml:10:7: error: key \"k1\": alg \"RS999\" is not supported",
         "w.toml:15:9: error: routes.class = \"protectd\" is not one of: protected, issuance, open",
         "w.toml:16:10: error: path \"account/*\" must start with '/'",
@@ -67,7 +80,11 @@ x = 1
         "w.toml:23:2: error: unknown section `bogus`",
     ];
     for want in expect {
-        assert!(e.iter().any(|got| got.starts_with(want)), "missing {want:?} in\n{}", e.join("\n"));
+        assert!(
+            e.iter().any(|got| got.starts_with(want)),
+            "missing {want:?} in\n{}",
+            e.join("\n")
+        );
     }
     assert_eq!(e.len(), expect.len(), "{}", e.join("\n"));
 }
@@ -83,7 +100,10 @@ fn syntax_errors_are_all_reported() {
 fn unknown_fields_are_refused() {
     let e = errs("[upstream]\npeers = [\"127.0.0.1:1\"]\npeer = 3\n");
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("w.toml:3:1: error: unknown field `peer`"), "{e:?}");
+    assert!(
+        e[0].starts_with("w.toml:3:1: error: unknown field `peer`"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -96,7 +116,11 @@ fn missing_upstream_is_an_error() {
 fn keys_are_read_relative_to_the_config_and_lifecycle_applies() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("a.pub"), warden_core::fixtures::RS256_A_PUB).expect("write");
-    std::fs::write(dir.path().join("jwks.json"), warden_core::fixtures::jwks_rs256("j1")).expect("write");
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        warden_core::fixtures::jwks_rs256("j1"),
+    )
+    .expect("write");
     let src = format!(
         r#"{MIN}
 [[keys]]
@@ -133,9 +157,20 @@ fn key_problems_point_at_the_key() {
     let e = errs(&src);
     // Key c is both retired without a time and without material: two errors.
     assert_eq!(e.len(), 4, "{e:?}");
-    assert!(e[0].starts_with("w.toml:4:7: error: key \"a\": cannot read PEM"), "{e:?}");
-    assert!(e.iter().any(|m| m.contains("cannot read pem_file /nonexistent/b.pub")), "{e:?}");
-    assert!(e.iter().any(|m| m.contains("key \"c\" is retired but has no retired_at")), "{e:?}");
+    assert!(
+        e[0].starts_with("w.toml:4:7: error: key \"a\": cannot read PEM"),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("cannot read pem_file /nonexistent/b.pub")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("key \"c\" is retired but has no retired_at")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -165,11 +200,23 @@ token_json_field = "data.access_token"
     assert_eq!(r[0].on_backend_failure, FailMode::Closed);
     assert_eq!(r[2].on_backend_failure, FailMode::Open);
     assert_eq!(r[2].methods, vec!["POST".to_owned()]);
-    assert_eq!(r[2].capture, Some(Capture::JsonField(vec!["data".into(), "access_token".into()])));
+    assert_eq!(
+        r[2].capture,
+        Some(Capture::JsonField(vec![
+            "data".into(),
+            "access_token".into()
+        ]))
+    );
     assert!(r[0].paths[0].matches("/account/orders"));
     assert!(!r[0].paths[0].matches("/accounts"));
     assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings); // shadowed path + no keys
-    assert!(l.warnings[1].to_string().starts_with("w.toml:12:10: warning: path \"/account/addresses\" of route \"addresses\" is shadowed"), "{:?}", l.warnings);
+    assert!(
+        l.warnings[1].to_string().starts_with(
+            "w.toml:12:10: warning: path \"/account/addresses\" of route \"addresses\" is shadowed"
+        ),
+        "{:?}",
+        l.warnings
+    );
 }
 
 #[test]

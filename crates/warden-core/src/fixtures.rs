@@ -111,7 +111,11 @@ impl SampleKey {
 }
 
 /// Signs `claims` with a sample key under `kid`.
-pub fn mint(key: SampleKey, kid: &str, claims: &Value) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn mint(
+    key: SampleKey,
+    kid: &str,
+    claims: &Value,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let mut header = Header::new(key.alg());
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, &key.encoding()?)
@@ -119,7 +123,11 @@ pub fn mint(key: SampleKey, kid: &str, claims: &Value) -> Result<String, jsonweb
 
 /// Signs an arbitrary header JSON and payload JSON with a sample key, for hostile-token
 /// tests (`alg` spellings, extra header fields).
-pub fn mint_raw(key: SampleKey, header_json: &str, payload_json: &str) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn mint_raw(
+    key: SampleKey,
+    header_json: &str,
+    payload_json: &str,
+) -> Result<String, jsonwebtoken::errors::Error> {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
     let input = format!(
@@ -136,7 +144,11 @@ pub fn mint_raw(key: SampleKey, header_json: &str, payload_json: &str) -> Result
 #[must_use]
 pub fn mint_raw_with_secret(header_b64: &str, payload_b64: &str, secret: &[u8]) -> String {
     let input = format!("{header_b64}.{payload_b64}");
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_secret(secret), Algorithm::HS256)
-        .unwrap_or_default();
+    let sig = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &EncodingKey::from_secret(secret),
+        Algorithm::HS256,
+    )
+    .unwrap_or_default();
     format!("{input}.{sig}")
 }

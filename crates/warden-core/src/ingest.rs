@@ -59,7 +59,9 @@ pub fn record_from_json(v: Value, verifier: &Verifier, now: u64) -> Result<Recor
     }
     let id = match (f.jti, f.token_id) {
         (Some(j), None) if !j.is_empty() => TokenId::from_jti(&j),
-        (None, Some(h)) => TokenId::from_hex(&h).map_err(|e| IngestError::Invalid(e.to_string()))?,
+        (None, Some(h)) => {
+            TokenId::from_hex(&h).map_err(|e| IngestError::Invalid(e.to_string()))?
+        }
         _ => {
             return Err(IngestError::Shape(
                 "exactly one of \"jti\" or \"token_id\" (or \"token\") is required".into(),
@@ -81,7 +83,11 @@ pub fn record_from_json(v: Value, verifier: &Verifier, now: u64) -> Result<Recor
 }
 
 /// Parses one line of a JSON-lines file. Blank lines give `None`.
-pub fn record_from_line(line: &str, verifier: &Verifier, now: u64) -> Option<Result<Record, IngestError>> {
+pub fn record_from_line(
+    line: &str,
+    verifier: &Verifier,
+    now: u64,
+) -> Option<Result<Record, IngestError>> {
     let line = line.trim();
     if line.is_empty() {
         return None;
@@ -114,8 +120,12 @@ mod tests {
     #[test]
     fn from_token_and_from_facts_agree() {
         let v = verifier();
-        let t = mint(SampleKey::RsA, "k", &json!({"sub":"alice","jti":"j1","iat":NOW,"exp":NOW+60}))
-            .expect("mint");
+        let t = mint(
+            SampleKey::RsA,
+            "k",
+            &json!({"sub":"alice","jti":"j1","iat":NOW,"exp":NOW+60}),
+        )
+        .expect("mint");
         let a = record_from_json(json!({"token": t}), &v, NOW).expect("token record");
         let b = record_from_json(
             json!({"jti":"j1","account":"alice","issued_at":NOW,"expires_at":NOW+60,"kid":"k"}),
@@ -136,10 +146,17 @@ mod tests {
     #[test]
     fn bad_records_say_why() {
         let v = verifier();
-        let e = |j: Value| record_from_json(j, &v, NOW).expect_err("refused").to_string();
+        let e = |j: Value| {
+            record_from_json(j, &v, NOW)
+                .expect_err("refused")
+                .to_string()
+        };
         assert!(e(json!({"jti":"x"})).contains("missing field \"account\""));
         assert!(e(json!([1])).contains("not a ledger record"));
-        assert!(e(json!({"jti":"x","account":"a","issued_at":5,"expires_at":4,"kid":"k"})).contains("not after"));
+        assert!(
+            e(json!({"jti":"x","account":"a","issued_at":5,"expires_at":4,"kid":"k"}))
+                .contains("not after")
+        );
         assert!(e(json!({"token":"a.b.c"})).contains("malformed"));
         assert!(e(json!({"jti":"x","extra":1})).contains("unknown field"));
         assert!(record_from_line("  ", &v, NOW).is_none());

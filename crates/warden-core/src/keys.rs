@@ -217,7 +217,11 @@ fn load(spec: &KeySpec) -> Result<Key, KeyError> {
             if key.family() != family {
                 return Err(material_err(
                     "JWK",
-                    format!("key type is {:?}, algorithm needs {:?}", key.family(), family),
+                    format!(
+                        "key type is {:?}, algorithm needs {:?}",
+                        key.family(),
+                        family
+                    ),
                 ));
             }
             fp.update(serde_json::to_vec(jwk).unwrap_or_default());
@@ -296,7 +300,9 @@ mod tests {
         ];
         let errs = KeyRegistry::build(specs).expect_err("must fail");
         assert_eq!(errs.len(), 3, "{errs:?}");
-        assert!(errs.iter().any(|e| matches!(e, KeyError::DuplicateKid(k) if k == "good")));
+        assert!(errs
+            .iter()
+            .any(|e| matches!(e, KeyError::DuplicateKid(k) if k == "good")));
     }
 
     #[test]

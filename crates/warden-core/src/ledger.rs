@@ -77,7 +77,12 @@ impl TokenId {
 
     /// Parses 32 hex digits.
     pub fn from_hex(s: &str) -> Result<Self, LedgerError> {
-        let bad = || LedgerError::Invalid(format!("token id {:?} is not 32 hex digits", crate::token::truncate(s)));
+        let bad = || {
+            LedgerError::Invalid(format!(
+                "token id {:?} is not 32 hex digits",
+                crate::token::truncate(s)
+            ))
+        };
         if s.len() != 32 {
             return Err(bad());
         }
@@ -122,7 +127,10 @@ impl Record {
             )));
         }
         if self.kid.len() > 256 {
-            return Err(LedgerError::Invalid(format!("kid is {} bytes, over 256", self.kid.len())));
+            return Err(LedgerError::Invalid(format!(
+                "kid is {} bytes, over 256",
+                self.kid.len()
+            )));
         }
         if self.expires_at <= self.issued_at {
             return Err(LedgerError::Invalid(format!(

@@ -108,7 +108,8 @@ pub fn parse(token: &str, max_len: usize) -> Result<ParsedToken<'_>, Malformed> 
         });
     }
     let mut parts = token.splitn(4, '.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Malformed::Segments(token.matches('.').count() + 1));
     };
@@ -172,7 +173,10 @@ pub(crate) fn truncate(s: &str) -> String {
 
 /// Reads a NumericDate claim (seconds since the epoch). Fractions are truncated; negative,
 /// non-finite or non-numeric values are an error carrying the claim's name.
-pub fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, Malformed> {
+pub fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<u64>, Malformed> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => {
@@ -180,7 +184,7 @@ pub fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<O
                 Ok(Some(v))
             } else {
                 match n.as_f64() {
-                    Some(f) if f.is_finite() && f >= 0.0 && f < 1e15 => Ok(Some(f as u64)),
+                    Some(f) if (0.0..1e15).contains(&f) => Ok(Some(f as u64)),
                     _ => Err(Malformed::Claim(name)),
                 }
             }
@@ -240,7 +244,10 @@ mod tests {
     #[test]
     fn refuses_key_carrying_headers_and_crit() {
         for h in ["jku", "x5u", "jwk", "x5c"] {
-            let t = tok(&format!(r#"{{"alg":"RS256","{h}":"http://127.0.0.1/x"}}"#), "{}");
+            let t = tok(
+                &format!(r#"{{"alg":"RS256","{h}":"http://127.0.0.1/x"}}"#),
+                "{}",
+            );
             assert_eq!(parse(&t, 8192).err(), Some(Malformed::KeyInHeader(h)));
         }
         let t = tok(r#"{"alg":"RS256","crit":["exp"]}"#, "{}");
@@ -267,10 +274,7 @@ mod tests {
     fn deep_json_is_an_error_not_a_crash() {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let t = tok(r#"{"alg":"RS256"}"#, &deep);
-        assert_eq!(
-            parse(&t, 1 << 20).err(),
-            Some(Malformed::Json("payload"))
-        );
+        assert_eq!(parse(&t, 1 << 20).err(), Some(Malformed::Json("payload")));
     }
 
     #[test]

@@ -266,7 +266,9 @@ impl Verifier {
         }
         let c = &parsed.claims;
         let bad = |_| Reason::BadClaims;
-        let expires_at = numeric_date(c, "exp").map_err(bad)?.ok_or(Reason::BadClaims)?;
+        let expires_at = numeric_date(c, "exp")
+            .map_err(bad)?
+            .ok_or(Reason::BadClaims)?;
         let issued_at = numeric_date(c, "iat").map_err(bad)?;
         let not_before = numeric_date(c, "nbf").map_err(bad)?;
         if let Some(iss) = &self.policy.issuer {

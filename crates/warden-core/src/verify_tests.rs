@@ -107,8 +107,12 @@ fn refusals_carry_the_right_reason() {
         ),
         (
             "not yet valid",
-            mint(SampleKey::RsA, "rs", &json!({"sub":"a","exp": NOW + 900, "nbf": NOW + 300}))
-                .expect("mint"),
+            mint(
+                SampleKey::RsA,
+                "rs",
+                &json!({"sub":"a","exp": NOW + 900, "nbf": NOW + 300}),
+            )
+            .expect("mint"),
             Reason::NotYetValid,
         ),
         (
@@ -123,8 +127,12 @@ fn refusals_carry_the_right_reason() {
         ),
         (
             "alg none",
-            mint_raw(SampleKey::RsA, r#"{"alg":"none","kid":"rs"}"#, r#"{"sub":"a"}"#)
-                .expect("mint"),
+            mint_raw(
+                SampleKey::RsA,
+                r#"{"alg":"none","kid":"rs"}"#,
+                r#"{"sub":"a"}"#,
+            )
+            .expect("mint"),
             Reason::Malformed,
         ),
         (
@@ -183,10 +191,17 @@ fn tampered_payload_fails_the_signature() {
     let mut parts: Vec<String> = t.split('.').map(String::from).collect();
     let forged_payload = base64::Engine::encode(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        format!(r#"{{"sub":"mallory","jti":"tp","iat":{},"exp":{}}}"#, NOW - 10, NOW + 600),
+        format!(
+            r#"{{"sub":"mallory","jti":"tp","iat":{},"exp":{}}}"#,
+            NOW - 10,
+            NOW + 600
+        ),
     );
     parts[1] = forged_payload;
-    assert_eq!(v.verify(&parts.join("."), NOW).err(), Some(Reason::BadSignature));
+    assert_eq!(
+        v.verify(&parts.join("."), NOW).err(),
+        Some(Reason::BadSignature)
+    );
 }
 
 #[test]

@@ -107,7 +107,8 @@ impl EmbeddedLedger {
         let w = db.begin_write().map_err(|e| db_err(path, e))?;
         {
             w.open_table(TOKENS).map_err(|e| db_err(path, e))?;
-            w.open_table(REVOKED_ACCOUNTS).map_err(|e| db_err(path, e))?;
+            w.open_table(REVOKED_ACCOUNTS)
+                .map_err(|e| db_err(path, e))?;
             w.open_table(REVOKED_KIDS).map_err(|e| db_err(path, e))?;
         }
         w.commit().map_err(|e| db_err(path, e))?;
@@ -145,7 +146,9 @@ impl EmbeddedLedger {
         match self.tx.try_send(make(ack)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(LedgerError::Unavailable("ledger write queue is full".into()))
+                return Err(LedgerError::Unavailable(
+                    "ledger write queue is full".into(),
+                ))
             }
             Err(TrySendError::Disconnected(_)) => {
                 return Err(LedgerError::Unavailable("ledger writer has stopped".into()))
@@ -188,7 +191,9 @@ impl Ledger for EmbeddedLedger {
         if records.is_empty() {
             return Ok(());
         }
-        self.submit(|ack| Op::Record(records, ack)).await.map(|_| ())
+        self.submit(|ack| Op::Record(records, ack))
+            .await
+            .map(|_| ())
     }
 
     async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError> {
@@ -280,7 +285,9 @@ fn load(db: &Database, index: &MemIndex, path: &Path) -> Result<(), OpenError> {
         })?;
         index.insert_with(&view.record, view.revoked);
     }
-    let accounts = r.open_table(REVOKED_ACCOUNTS).map_err(|e| db_err(path, e))?;
+    let accounts = r
+        .open_table(REVOKED_ACCOUNTS)
+        .map_err(|e| db_err(path, e))?;
     for item in accounts.iter().map_err(|e| db_err(path, e))? {
         let (k, v) = item.map_err(|e| db_err(path, e))?;
         let _ = index.revoke(&Revocation::Account {
@@ -315,7 +322,10 @@ fn writer_loop(db: &Database, index: &MemIndex, rx: &Receiver<Op>) {
                 }
             }
             Err(e) => {
-                log::error!("ledger commit failed, {} requests refused: {e}", batch.len());
+                log::error!(
+                    "ledger commit failed, {} requests refused: {e}",
+                    batch.len()
+                );
                 for op in batch {
                     let ack = match op {
                         Op::Record(_, a) | Op::Revoke(_, a) | Op::Delete(_, a) => a,

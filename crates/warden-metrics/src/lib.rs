@@ -89,8 +89,15 @@ pub struct Metrics {
     pub verify_cache_entries: IntGauge,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> Vec<IntCounter> {
-    let v = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic_metric(name, &e));
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> Vec<IntCounter> {
+    let v = IntCounterVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|e| panic_metric(name, &e));
     register(r, name, Box::new(v.clone()));
     values.iter().map(|x| v.with_label_values(&[x])).collect()
 }
@@ -138,16 +145,17 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let req = IntCounterVec::new(
-            Opts::new("warden_requests_total", "Requests by route class and outcome."),
+            Opts::new(
+                "warden_requests_total",
+                "Requests by route class and outcome.",
+            ),
             &["class", "outcome"],
         )
         .unwrap_or_else(|e| panic_metric("warden_requests_total", &e));
         register(&r, "warden_requests_total", Box::new(req.clone()));
         let requests = CLASSES
             .iter()
-            .map(|c| {
-                [0, 1, 2, 3].map(|o| req.with_label_values(&[c, OUTCOMES[o]]))
-            })
+            .map(|c| [0, 1, 2, 3].map(|o| req.with_label_values(&[c, OUTCOMES[o]])))
             .collect();
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         Self {
@@ -354,7 +362,12 @@ impl Events {
         let mut out: Box<dyn Write + Send> = match path {
             None => Box::new(std::io::stdout()),
             Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdout()),
-            Some(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
         let (tx, rx) = sync_channel::<String>(queue.max(1));
         std::thread::Builder::new()
@@ -408,7 +421,10 @@ mod tests {
         m.provenance(Reason::Forged);
         m.records(Source::Inline, 2);
         let text = m.encode();
-        assert!(text.contains("warden_requests_total{class=\"protected\",outcome=\"rejected\"} 1"), "{text}");
+        assert!(
+            text.contains("warden_requests_total{class=\"protected\",outcome=\"rejected\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("warden_provenance_total{reason=\"forged\"} 1"));
         assert!(text.contains("warden_ledger_records_total{source=\"inline\"} 2"));
         // Every reason is pre-registered, so dashboards see zeros, not gaps.

@@ -98,25 +98,53 @@ mod tests {
     #[test]
     fn untrusted_peer_cannot_choose_its_address() {
         let h = headers("x-forwarded-for", &["1.1.1.1"]);
-        assert_eq!(resolve(ip("203.0.113.9"), &h, &cfg(ForwardedHeader::XForwardedFor)), ip("203.0.113.9"));
+        assert_eq!(
+            resolve(ip("203.0.113.9"), &h, &cfg(ForwardedHeader::XForwardedFor)),
+            ip("203.0.113.9")
+        );
     }
 
     #[test]
     fn rightmost_untrusted_hop_is_the_client() {
         let h = headers("x-forwarded-for", &["6.6.6.6, 198.51.100.7", "10.0.0.2"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)), ip("198.51.100.7"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)),
+            ip("198.51.100.7")
+        );
         let h = headers("x-forwarded-for", &["198.51.100.7:5555"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)), ip("198.51.100.7"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)),
+            ip("198.51.100.7")
+        );
         let h = headers("x-forwarded-for", &["garbage, 10.0.0.3"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)), ip("10.0.0.3"));
-        assert_eq!(resolve(ip("10.0.0.1"), &HeaderMap::new(), &cfg(ForwardedHeader::XForwardedFor)), ip("10.0.0.1"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::XForwardedFor)),
+            ip("10.0.0.3")
+        );
+        assert_eq!(
+            resolve(
+                ip("10.0.0.1"),
+                &HeaderMap::new(),
+                &cfg(ForwardedHeader::XForwardedFor)
+            ),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]
     fn forwarded_header() {
-        let h = headers("forwarded", &["for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.9"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::Forwarded)), ip("2001:db8::1"));
+        let h = headers(
+            "forwarded",
+            &["for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.9"],
+        );
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::Forwarded)),
+            ip("2001:db8::1")
+        );
         let h = headers("forwarded", &["for=unknown, for=10.0.0.9"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::Forwarded)), ip("10.0.0.9"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &cfg(ForwardedHeader::Forwarded)),
+            ip("10.0.0.9")
+        );
     }
 }

@@ -138,12 +138,17 @@ impl Shared {
                 }
                 let old = self.settings.load();
                 if old.upstream.peers != loaded.config.upstream.peers {
-                    log::warn!("reload: upstream.peers changed; peers apply after a restart or upgrade");
+                    log::warn!(
+                        "reload: upstream.peers changed; peers apply after a restart or upgrade"
+                    );
                 }
                 self.verifier.swap_registry(registry);
-                self.settings.store(Arc::new(Settings::from_config(&loaded.config)));
+                self.settings
+                    .store(Arc::new(Settings::from_config(&loaded.config)));
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                self.metrics.config_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+                self.metrics
+                    .config_generation
+                    .set(i64::try_from(generation).unwrap_or(i64::MAX));
                 self.metrics.reload(true);
                 event.action = Some("applied");
                 event.detail = Some(format!("generation {generation}"));

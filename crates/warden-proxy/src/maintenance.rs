@@ -32,7 +32,9 @@ impl BackgroundService for Maintenance {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
-                log::error!("cannot install the SIGHUP handler, reload only through the admin API: {e}");
+                log::error!(
+                    "cannot install the SIGHUP handler, reload only through the admin API: {e}"
+                );
                 None
             }
         };

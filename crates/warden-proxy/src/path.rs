@@ -99,9 +99,16 @@ mod tests {
             "/account;jsessionid=1/addresses",
             "/account/addresses;x",
         ] {
-            assert_eq!(normalize(raw, false).as_deref(), Ok("/account/addresses"), "{raw}");
+            assert_eq!(
+                normalize(raw, false).as_deref(),
+                Ok("/account/addresses"),
+                "{raw}"
+            );
         }
-        assert_eq!(normalize("/Account/Addresses", true).as_deref(), Ok("/account/addresses"));
+        assert_eq!(
+            normalize("/Account/Addresses", true).as_deref(),
+            Ok("/account/addresses")
+        );
         assert_eq!(normalize("/account/", false).as_deref(), Ok("/account/"));
         assert_eq!(normalize("/", false).as_deref(), Ok("/"));
         assert_eq!(normalize("/..", false).as_deref(), Ok("/"));
@@ -109,9 +116,18 @@ mod tests {
 
     #[test]
     fn ambiguous_paths_are_refused() {
-        assert_eq!(normalize("/account%2faddresses", false), Err(PathError::Ambiguous));
-        assert_eq!(normalize("/account%5caddresses", false), Err(PathError::Ambiguous));
-        assert_eq!(normalize("/account\\addresses", false), Err(PathError::Ambiguous));
+        assert_eq!(
+            normalize("/account%2faddresses", false),
+            Err(PathError::Ambiguous)
+        );
+        assert_eq!(
+            normalize("/account%5caddresses", false),
+            Err(PathError::Ambiguous)
+        );
+        assert_eq!(
+            normalize("/account\\addresses", false),
+            Err(PathError::Ambiguous)
+        );
         assert_eq!(normalize("/a%00b", false), Err(PathError::Ambiguous));
         assert_eq!(normalize("/a%zz", false), Err(PathError::BadEscape));
         assert_eq!(normalize("/a%4", false), Err(PathError::BadEscape));

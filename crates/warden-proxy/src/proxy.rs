@@ -59,7 +59,11 @@ fn class_idx(c: RouteClass) -> usize {
     }
 }
 
-fn find_route<'a>(settings: &'a Settings, path: &str, method: &str) -> (Option<(usize, &'a Route)>, RouteClass) {
+fn find_route<'a>(
+    settings: &'a Settings,
+    path: &str,
+    method: &str,
+) -> (Option<(usize, &'a Route)>, RouteClass) {
     for (i, r) in settings.routes.list.iter().enumerate() {
         if (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
             && r.paths.iter().any(|p| p.matches(path))
@@ -70,7 +74,12 @@ fn find_route<'a>(settings: &'a Settings, path: &str, method: &str) -> (Option<(
     (None, settings.routes.default_class)
 }
 
-async fn respond(session: &mut Session, status: u16, body: &'static [u8], extra: &[(&str, &str)]) -> Result<bool> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: &'static [u8],
+    extra: &[(&str, &str)],
+) -> Result<bool> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -79,7 +88,9 @@ async fn respond(session: &mut Session, status: u16, body: &'static [u8], extra:
         resp.insert_header(k.to_string(), *v)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from_static(body)), true).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body)), true)
+        .await?;
     Ok(true)
 }
 
@@ -89,15 +100,19 @@ struct Decision {
     checked: Option<Checked>,
 }
 
-impl WardenProxy {
-    async fn ledger_answer(&self, q: &Query<'_>, settings: &Settings) -> Result<Answer, ()> {
-        let ledger = &self.shared.ledger;
+/// Asks the ledger, from memory if it can, else under the configured timeout.
+async fn ledger_answer(shared: &Shared, q: &Query<'_>, settings: &Settings) -> Result<Answer, ()> {
+    {
+        let ledger = &shared.ledger;
         if let Some(a) = ledger.check_local(q) {
             return Ok(a);
         }
         let started = Instant::now();
         let r = tokio::time::timeout(settings.ledger.timeout, ledger.check(q)).await;
-        self.shared.metrics.ledger_seconds.observe(started.elapsed().as_secs_f64());
+        shared
+            .metrics
+            .ledger_seconds
+            .observe(started.elapsed().as_secs_f64());
         match r {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(e)) => {
@@ -105,17 +120,30 @@ impl WardenProxy {
                 Err(())
             }
             Err(_) => {
-                log::warn!("ledger lookup timed out after {:?}", settings.ledger.timeout);
+                log::warn!(
+                    "ledger lookup timed out after {:?}",
+                    settings.ledger.timeout
+                );
                 Err(())
             }
         }
     }
+}
 
-    async fn decide(&self, token: &str, settings: &Settings) -> Decision {
+/// Decides the provenance of one token: verification, then the ledger (with the
+/// issuance-race wait). Never waits longer than the ledger timeout per lookup plus
+/// `issuance_wait`.
+async fn decide(shared: &Shared, token: &str, settings: &Settings) -> Decision {
+    {
         let now = unix_now();
-        let checked = match self.shared.verifier.verify(token, now) {
+        let checked = match shared.verifier.verify(token, now) {
             Ok(c) => c,
-            Err(reason) => return Decision { reason, checked: None },
+            Err(reason) => {
+                return Decision {
+                    reason,
+                    checked: None,
+                }
+            }
         };
         let v = &checked.verified;
         let q = Query {
@@ -124,10 +152,10 @@ impl WardenProxy {
             kid: &v.kid,
             issued_at: v.issued_at,
         };
-        let mut answer = match self.ledger_answer(&q, settings).await {
+        let mut answer = match ledger_answer(shared, &q, settings).await {
             Ok(a) => a,
             Err(()) => {
-                self.shared.metrics.ledger_unavailable.inc();
+                shared.metrics.ledger_unavailable.inc();
                 return Decision {
                     reason: Reason::BackendUnavailable,
                     checked: Some(checked),
@@ -138,39 +166,78 @@ impl WardenProxy {
         // record. Wait, bounded in time and in the number of waiters, for tokens whose
         // `iat` is recent; anything else unknown is forged at once.
         let window = settings.ledger.issuance_window.as_secs();
-        let fresh = v.issued_at.is_some_and(|iat| iat.saturating_add(window) >= now && iat <= now + 1);
+        let fresh = v
+            .issued_at
+            .is_some_and(|iat| iat.saturating_add(window) >= now && iat <= now + 1);
         if answer == Answer::Unknown && fresh && !settings.ledger.issuance_wait.is_zero() {
-            match self.shared.waiters.try_acquire() {
+            match shared.waiters.try_acquire() {
                 Ok(_permit) => {
-                    let deadline = Instant::now() + settings.ledger.issuance_wait;
-                    while answer == Answer::Unknown && Instant::now() < deadline {
+                    let deadline = tokio::time::Instant::now() + settings.ledger.issuance_wait;
+                    while answer == Answer::Unknown && tokio::time::Instant::now() < deadline {
                         tokio::time::sleep(ISSUANCE_POLL).await;
-                        match self.ledger_answer(&q, settings).await {
+                        match ledger_answer(shared, &q, settings).await {
                             Ok(a) => answer = a,
                             Err(()) => break,
                         }
                     }
-                    self.shared.metrics.issuance_wait(if answer == Answer::Unknown {
+                    shared.metrics.issuance_wait(if answer == Answer::Unknown {
                         IssuanceWait::Timeout
                     } else {
                         IssuanceWait::Found
                     });
                 }
-                Err(_) => self.shared.metrics.issuance_wait(IssuanceWait::Overflow),
+                Err(_) => shared.metrics.issuance_wait(IssuanceWait::Overflow),
             }
         }
         let reason = reason_for(answer);
         if reason == Reason::Ok {
-            self.shared.verifier.remember(&checked);
+            shared.verifier.remember(&checked);
         }
         Decision {
             reason,
             checked: Some(checked),
         }
     }
+}
 
-    fn emit_rejection(&self, ctx: &Ctx, route: Option<&Route>, path: &str, d: &Decision, action: &'static str) {
-        let kind = if d.reason.is_key_misuse() { "key_misuse" } else if d.reason == Reason::BackendUnavailable { "ledger_unavailable" } else { "token_rejected" };
+/// What the proxy does with a protected request, given its provenance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Proxy it.
+    Pass,
+    /// Proxy it although the ledger could not answer (fail-open route): loudly.
+    PassFailOpen,
+    /// 503 with Retry-After: the ledger could not answer (fail-closed route).
+    Unavailable,
+    /// Refuse with the route's status (401 by default).
+    Refuse,
+}
+
+fn action_for(reason: Reason, fail_mode: FailMode) -> Action {
+    match (reason, fail_mode) {
+        (Reason::Ok, _) => Action::Pass,
+        (Reason::BackendUnavailable, FailMode::Open) => Action::PassFailOpen,
+        (Reason::BackendUnavailable, FailMode::Closed) => Action::Unavailable,
+        _ => Action::Refuse,
+    }
+}
+
+impl WardenProxy {
+    fn emit_rejection(
+        &self,
+        ctx: &Ctx,
+        route: Option<&Route>,
+        path: &str,
+        d: &Decision,
+        action: &'static str,
+    ) {
+        let kind = if d.reason.is_key_misuse() {
+            "key_misuse"
+        } else if d.reason == Reason::BackendUnavailable {
+            "ledger_unavailable"
+        } else {
+            "token_rejected"
+        };
         let mut e = Event::new(kind);
         e.route = route.map(|r| r.name.clone());
         e.reason = Some(d.reason.as_str());
@@ -185,7 +252,13 @@ impl WardenProxy {
         self.shared.events.emit(&e);
     }
 
-    fn record_inline(&self, token: &str, route: &str, client_ip: Option<IpAddr>, settings: &Settings) -> Option<tokio::task::JoinHandle<()>> {
+    fn record_inline(
+        &self,
+        token: &str,
+        route: &str,
+        client_ip: Option<IpAddr>,
+        settings: &Settings,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let shared = Arc::clone(&self.shared);
         match shared.verifier.record_for_issued(token, unix_now()) {
             Ok(record) => {
@@ -218,7 +291,9 @@ impl WardenProxy {
                 e.reason = Some(reason.as_str());
                 e.client_ip = client_ip.map(|i| i.to_string());
                 shared.events.emit(&e);
-                log::warn!("route {route}: the login response carries a token warden refuses ({reason})");
+                log::warn!(
+                    "route {route}: the login response carries a token warden refuses ({reason})"
+                );
                 None
             }
         }
@@ -241,7 +316,11 @@ impl ProxyHttp for WardenProxy {
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let req = session.req_header();
-        ctx.client_ip = Some(crate::client_ip::resolve(peer, &req.headers, &settings.client_ip));
+        ctx.client_ip = Some(crate::client_ip::resolve(
+            peer,
+            &req.headers,
+            &settings.client_ip,
+        ));
         let path = match path::normalize(req.uri.path(), settings.routes.case_insensitive) {
             Ok(p) => p,
             Err(e) => {
@@ -258,31 +337,43 @@ impl ProxyHttp for WardenProxy {
         let result = match class {
             RouteClass::Protected => {
                 let decision = match token_src::find(&req.headers, &settings.token) {
-                    Found::None => Decision { reason: Reason::Missing, checked: None },
-                    Found::Ambiguous => Decision { reason: Reason::Malformed, checked: None },
+                    Found::None => Decision {
+                        reason: Reason::Missing,
+                        checked: None,
+                    },
+                    Found::Ambiguous => Decision {
+                        reason: Reason::Malformed,
+                        checked: None,
+                    },
                     Found::One(token) => {
                         let token = token.to_owned();
-                        self.decide(&token, &settings).await
+                        decide(&self.shared, &token, &settings).await
                     }
                 };
                 self.shared.metrics.provenance(decision.reason);
                 let fail_mode = route.map_or(FailMode::Closed, |r| r.on_backend_failure);
-                match decision.reason {
-                    Reason::Ok => {
+                match action_for(decision.reason, fail_mode) {
+                    Action::Pass => {
                         ctx.outcome = Some(Outcome::Passed);
                         Ok(false)
                     }
-                    Reason::BackendUnavailable if fail_mode == FailMode::Open => {
+                    Action::PassFailOpen => {
                         ctx.outcome = Some(Outcome::FailOpen);
                         self.emit_rejection(ctx, route, &path, &decision, "pass");
                         Ok(false)
                     }
-                    Reason::BackendUnavailable => {
+                    Action::Unavailable => {
                         ctx.outcome = Some(Outcome::Rejected);
                         self.emit_rejection(ctx, route, &path, &decision, "reject");
-                        respond(session, 503, b"{\"error\":\"unavailable\"}\n", &[("retry-after", "1")]).await
+                        respond(
+                            session,
+                            503,
+                            b"{\"error\":\"unavailable\"}\n",
+                            &[("retry-after", "1")],
+                        )
+                        .await
                     }
-                    _ => {
+                    Action::Refuse => {
                         ctx.outcome = Some(Outcome::Rejected);
                         if decision.reason != Reason::Missing {
                             self.emit_rejection(ctx, route, &path, &decision, "reject");
@@ -303,7 +394,10 @@ impl ProxyHttp for WardenProxy {
             }
         };
         ctx.settings = Some(settings);
-        self.shared.metrics.filter_seconds.observe(started.elapsed().as_secs_f64());
+        self.shared
+            .metrics
+            .filter_seconds
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -323,7 +417,12 @@ impl ProxyHttp for WardenProxy {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(ip) = ctx.client_ip {
             req.append_header("x-forwarded-for", ip.to_string())?;
         }
@@ -343,8 +442,15 @@ impl ProxyHttp for WardenProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        let Some(settings) = ctx.settings.clone() else { return Ok(()) };
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(settings) = ctx.settings.clone() else {
+            return Ok(());
+        };
         let Some(route) = ctx.route.and_then(|i| settings.routes.list.get(i)) else {
             return Ok(());
         };
@@ -353,11 +459,17 @@ impl ProxyHttp for WardenProxy {
         }
         match &route.capture {
             Some(Capture::Cookie(name)) => {
-                let values = resp.headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok());
+                let values = resp
+                    .headers
+                    .get_all("set-cookie")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
                 if let Some(token) = token_src::set_cookie_value(values, name) {
                     let token = token.to_owned();
                     // Hold the login response until its record is durable.
-                    if let Some(task) = self.record_inline(&token, &route.name, ctx.client_ip, &settings) {
+                    if let Some(task) =
+                        self.record_inline(&token, &route.name, ctx.client_ip, &settings)
+                    {
                         let _ = task.await;
                     }
                 }
@@ -368,11 +480,21 @@ impl ProxyHttp for WardenProxy {
         Ok(())
     }
 
-    fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<Option<Duration>> {
-        let Some(buf) = ctx.capture_body.as_mut() else { return Ok(None) };
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(buf) = ctx.capture_body.as_mut() else {
+            return Ok(None);
+        };
         if let Some(b) = body {
             if buf.len() + b.len() > MAX_CAPTURE_BODY {
-                log::warn!("login response over {MAX_CAPTURE_BODY} bytes: its token is not recorded");
+                log::warn!(
+                    "login response over {MAX_CAPTURE_BODY} bytes: its token is not recorded"
+                );
                 ctx.capture_body = None;
                 return Ok(None);
             }
@@ -380,16 +502,20 @@ impl ProxyHttp for WardenProxy {
         }
         if end_of_stream {
             let buf = ctx.capture_body.take().unwrap_or_default();
-            let Some(settings) = ctx.settings.clone() else { return Ok(None) };
+            let Some(settings) = ctx.settings.clone() else {
+                return Ok(None);
+            };
             let Some(route) = ctx.route.and_then(|i| settings.routes.list.get(i)) else {
                 return Ok(None);
             };
             if let Some(Capture::JsonField(path)) = &route.capture {
-                let token = serde_json::from_slice::<serde_json::Value>(&buf).ok().and_then(|v| {
-                    path.iter()
-                        .try_fold(&v, |v, k| v.get(k))
-                        .and_then(|t| t.as_str().map(str::to_owned))
-                });
+                let token = serde_json::from_slice::<serde_json::Value>(&buf)
+                    .ok()
+                    .and_then(|v| {
+                        path.iter()
+                            .try_fold(&v, |v, k| v.get(k))
+                            .and_then(|t| t.as_str().map(str::to_owned))
+                    });
                 match token {
                     // The record is written in the background: this filter cannot wait.
                     // A request with the token that arrives first waits for it (see
@@ -397,7 +523,11 @@ impl ProxyHttp for WardenProxy {
                     Some(t) => {
                         let _ = self.record_inline(&t, &route.name, ctx.client_ip, &settings);
                     }
-                    None => log::warn!("route {}: login response has no string at {:?}", route.name, path.join(".")),
+                    None => log::warn!(
+                        "route {}: login response has no string at {:?}",
+                        route.name,
+                        path.join(".")
+                    ),
                 }
             }
         }
@@ -410,3 +540,7 @@ impl ProxyHttp for WardenProxy {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod tests;

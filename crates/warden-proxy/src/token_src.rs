@@ -34,7 +34,9 @@ pub fn find<'a>(headers: &'a HeaderMap, src: &TokenSource) -> Found<'a> {
     };
     if let Some(name) = &src.header {
         for v in headers.get_all(name.as_str()) {
-            let Ok(s) = v.to_str() else { return Found::Ambiguous };
+            let Ok(s) = v.to_str() else {
+                return Found::Ambiguous;
+            };
             let s = s.trim();
             let Some((scheme, token)) = s.split_once(' ') else {
                 return Found::Ambiguous;
@@ -51,9 +53,13 @@ pub fn find<'a>(headers: &'a HeaderMap, src: &TokenSource) -> Found<'a> {
     }
     if let Some(cookie) = &src.cookie {
         for v in headers.get_all("cookie") {
-            let Ok(s) = v.to_str() else { return Found::Ambiguous };
+            let Ok(s) = v.to_str() else {
+                return Found::Ambiguous;
+            };
             for pair in s.split(';') {
-                let Some((k, val)) = pair.trim().split_once('=') else { continue };
+                let Some((k, val)) = pair.trim().split_once('=') else {
+                    continue;
+                };
                 if k.trim() == cookie {
                     let val = val.trim().trim_matches('"');
                     if val.is_empty() || !add(val) {
@@ -72,12 +78,13 @@ pub fn find<'a>(headers: &'a HeaderMap, src: &TokenSource) -> Found<'a> {
 /// Finds a cookie's value in `Set-Cookie` header values.
 #[must_use]
 pub fn set_cookie_value<'a>(values: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
-    values.filter_map(|v| {
-        let first = v.split(';').next()?;
-        let (k, val) = first.split_once('=')?;
-        (k.trim() == name).then(|| val.trim().trim_matches('"'))
-    })
-    .find(|v| !v.is_empty())
+    values
+        .filter_map(|v| {
+            let first = v.split(';').next()?;
+            let (k, val) = first.split_once('=')?;
+            (k.trim() == name).then(|| val.trim().trim_matches('"'))
+        })
+        .find(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -101,14 +108,29 @@ mod tests {
 
     #[test]
     fn finds_bearer_or_cookie() {
-        assert_eq!(find(&h(&[("authorization", "Bearer abc")]), &src()), Found::One("abc"));
-        assert_eq!(find(&h(&[("authorization", "bearer  abc ")]), &src()), Found::One("abc"));
-        assert_eq!(find(&h(&[("cookie", "a=1; session=xyz; b=2")]), &src()), Found::One("xyz"));
-        assert_eq!(find(&h(&[("authorization", "Basic Zm9v")]), &src()), Found::None);
+        assert_eq!(
+            find(&h(&[("authorization", "Bearer abc")]), &src()),
+            Found::One("abc")
+        );
+        assert_eq!(
+            find(&h(&[("authorization", "bearer  abc ")]), &src()),
+            Found::One("abc")
+        );
+        assert_eq!(
+            find(&h(&[("cookie", "a=1; session=xyz; b=2")]), &src()),
+            Found::One("xyz")
+        );
+        assert_eq!(
+            find(&h(&[("authorization", "Basic Zm9v")]), &src()),
+            Found::None
+        );
         assert_eq!(find(&HeaderMap::new(), &src()), Found::None);
         // The same token in both places is fine.
         assert_eq!(
-            find(&h(&[("authorization", "Bearer t"), ("cookie", "session=t")]), &src()),
+            find(
+                &h(&[("authorization", "Bearer t"), ("cookie", "session=t")]),
+                &src()
+            ),
             Found::One("t")
         );
     }
@@ -116,15 +138,27 @@ mod tests {
     #[test]
     fn two_different_tokens_are_ambiguous() {
         assert_eq!(
-            find(&h(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]), &src()),
+            find(
+                &h(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+                &src()
+            ),
             Found::Ambiguous
         );
-        assert_eq!(find(&h(&[("cookie", "session=a; session=b")]), &src()), Found::Ambiguous);
         assert_eq!(
-            find(&h(&[("authorization", "Bearer a"), ("cookie", "session=b")]), &src()),
+            find(&h(&[("cookie", "session=a; session=b")]), &src()),
             Found::Ambiguous
         );
-        assert_eq!(find(&h(&[("authorization", "Bearer")]), &src()), Found::Ambiguous);
+        assert_eq!(
+            find(
+                &h(&[("authorization", "Bearer a"), ("cookie", "session=b")]),
+                &src()
+            ),
+            Found::Ambiguous
+        );
+        assert_eq!(
+            find(&h(&[("authorization", "Bearer")]), &src()),
+            Found::Ambiguous
+        );
     }
 
     #[test]

@@ -67,7 +67,9 @@ paths = ["/account/*"]
 }
 
 pub fn main(listen: &str, admin: &str, upstream: &str, dir: Option<PathBuf>) -> ExitCode {
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("warden-demo-{}", std::process::id())));
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("warden-demo-{}", std::process::id()))
+    });
     let setup = || -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir.join("keys"))?;
         std::fs::write(dir.join("keys/login-2026.pub"), RS256_A_PUB)?;
@@ -88,7 +90,8 @@ pub fn main(listen: &str, admin: &str, upstream: &str, dir: Option<PathBuf>) -> 
         return ExitCode::from(2);
     };
     let now = warden_proxy::unix_now();
-    let claims = |account: &str| json!({"sub": account, "jti": random_jti(), "iat": now, "exp": now + 3600});
+    let claims =
+        |account: &str| json!({"sub": account, "jti": random_jti(), "iat": now, "exp": now + 3600});
     let tokens = (|| {
         Ok::<_, String>((
             mint(SampleKey::RsA, "login-2026", &claims("alice")).map_err(|e| e.to_string())?,
@@ -107,10 +110,16 @@ pub fn main(listen: &str, admin: &str, upstream: &str, dir: Option<PathBuf>) -> 
     // before the server opens it.
     let recorded = (|| -> Result<(), String> {
         let v = verifier(&config)?;
-        let record = v.record_for_issued(&legit, now).map_err(|r| r.to_string())?;
+        let record = v
+            .record_for_issued(&legit, now)
+            .map_err(|r| r.to_string())?;
         let ledger = open_ledger(&config)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        rt.block_on(ledger.record(vec![record])).map_err(|e| e.to_string())
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(ledger.record(vec![record]))
+            .map_err(|e| e.to_string())
     })();
     if let Err(e) = recorded {
         eprintln!("warden demo: cannot record the sample token: {e}");
@@ -144,6 +153,8 @@ Events (JSON lines) follow on standard output. Ctrl-C stops.
         dir = dir.display(),
         admin_token = admin_token.trim(),
     );
-    let extra: crate::run::ExtraServices = vec![Box::new(DemoUpstream::new("login-2026", 900).service(upstream))];
+    let extra: crate::run::ExtraServices = vec![Box::new(
+        DemoUpstream::new("login-2026", 900).service(upstream),
+    )];
     serve(config, false, extra)
 }

@@ -49,7 +49,10 @@ pub enum LedgerCommand {
 }
 
 pub fn main(cmd: LedgerCommand) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warden ledger: {e}");
@@ -57,7 +60,9 @@ pub fn main(cmd: LedgerCommand) -> ExitCode {
         }
     };
     let config_path = match &cmd {
-        LedgerCommand::Import { config, .. } | LedgerCommand::Revoke { config, .. } | LedgerCommand::Stats { config } => config,
+        LedgerCommand::Import { config, .. }
+        | LedgerCommand::Revoke { config, .. }
+        | LedgerCommand::Stats { config } => config,
     };
     let Some(config) = load_config(config_path) else {
         return ExitCode::from(2);
@@ -75,11 +80,16 @@ pub fn main(cmd: LedgerCommand) -> ExitCode {
             println!("entries {}", s.entries);
             ExitCode::SUCCESS
         }
-        LedgerCommand::Revoke { jti, account, kid, .. } => {
+        LedgerCommand::Revoke {
+            jti, account, kid, ..
+        } => {
             let now = warden_proxy::unix_now();
             let r = match (jti, account, kid) {
                 (Some(j), None, None) => Revocation::Token(TokenId::from_jti(&j)),
-                (None, Some(a), None) => Revocation::Account { account: a, at: now },
+                (None, Some(a), None) => Revocation::Account {
+                    account: a,
+                    at: now,
+                },
                 (None, None, Some(k)) => Revocation::Kid(k),
                 _ => {
                     eprintln!("warden ledger revoke: give exactly one of --jti, --account, --kid");

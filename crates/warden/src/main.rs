@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "warden", version, about = "Stops account scraping with forged or stolen session tokens.")]
+#[command(
+    name = "warden",
+    version,
+    about = "Stops account scraping with forged or stolen session tokens."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,7 +82,12 @@ fn main() -> ExitCode {
         Command::Run { config, upgrade } => run::run(&config, upgrade),
         Command::Check { files } => check(&files),
         Command::Ledger { command } => ledger_cmd::main(command),
-        Command::Demo { listen, admin, upstream, dir } => demo::main(&listen, &admin, &upstream, dir),
+        Command::Demo {
+            listen,
+            admin,
+            upstream,
+            dir,
+        } => demo::main(&listen, &admin, &upstream, dir),
         Command::Upstream { listen, kid, ttl } => upstream::main(&listen, &kid, ttl),
     }
 }
@@ -98,7 +107,10 @@ fn check(files: &[PathBuf]) -> ExitCode {
                 for d in &diags {
                     eprintln!("{d}");
                 }
-                let n = diags.iter().filter(|d| d.severity == warden_config::Severity::Error).count();
+                let n = diags
+                    .iter()
+                    .filter(|d| d.severity == warden_config::Severity::Error)
+                    .count();
                 println!("{}: {n} errors", f.display());
             }
         }

@@ -83,7 +83,12 @@ pub fn open_ledger(config: &Config) -> Result<Arc<EmbeddedLedger>, String> {
 pub fn verifier(config: &Config) -> Result<Verifier, String> {
     KeyRegistry::build(config.keys.clone())
         .map(|r| Verifier::new(r, config.policy.clone()))
-        .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        .map_err(|errs| {
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
 }
 
 pub fn run(config_path: &Path, upgrade: bool) -> ExitCode {
@@ -120,7 +125,13 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         Ok(e) => Arc::new(e),
         Err(e) => return fail("events", &e),
     };
-    let shared = Arc::new(Shared::new(&config, verifier, ledger, Arc::clone(&metrics), events));
+    let shared = Arc::new(Shared::new(
+        &config,
+        verifier,
+        ledger,
+        Arc::clone(&metrics),
+        events,
+    ));
 
     let server_conf = ServerConf {
         threads: config.server.threads,
@@ -137,7 +148,12 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let peers: Vec<String> = config.upstream.peers.iter().map(ToString::to_string).collect();
+    let peers: Vec<String> = config
+        .upstream
+        .peers
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let mut lb = match LoadBalancer::try_from_iter(peers) {
         Ok(lb) => lb,
         Err(e) => return fail("upstream.peers", &e),

@@ -28,7 +28,10 @@ pub struct DemoUpstream {
 
 impl DemoUpstream {
     pub fn new(kid: &str, ttl: u64) -> Self {
-        Self { kid: kid.to_owned(), ttl }
+        Self {
+            kid: kid.to_owned(),
+            ttl,
+        }
     }
 
     /// A listening service for it.
@@ -40,7 +43,9 @@ impl DemoUpstream {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A random token id.
@@ -50,7 +55,12 @@ pub fn random_jti() -> String {
         // Uniqueness, not secrecy, is what a jti needs; time and a counter give it.
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return format!("{:x}-{n}", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        return format!(
+            "{:x}-{n}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -81,7 +91,9 @@ fn subject(session: &ServerSession) -> Option<String> {
         .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("session=")));
     let token = bearer.or(cookie)?;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     v.get("sub")?.as_str().map(str::to_owned)
 }
@@ -94,7 +106,11 @@ impl ServeHttp for DemoUpstream {
         let mut body = Vec::new();
         while let Ok(Some(chunk)) = session.read_request_body().await {
             if body.len() + chunk.len() > 1 << 20 {
-                return reply(StatusCode::PAYLOAD_TOO_LARGE, &json!({"error": "body too large"}), None);
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &json!({"error": "body too large"}),
+                    None,
+                );
             }
             body.extend_from_slice(&chunk);
         }
@@ -102,27 +118,45 @@ impl ServeHttp for DemoUpstream {
             let from_body = serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| v.get("account").and_then(Value::as_str).map(str::to_owned));
-            let from_query = query.split('&').find_map(|kv| kv.strip_prefix("account=")).map(str::to_owned);
+            let from_query = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("account="))
+                .map(str::to_owned);
             let Some(account) = from_body.or(from_query).filter(|a| !a.is_empty()) else {
-                return reply(StatusCode::BAD_REQUEST, &json!({"error": "expected {\"account\": \"...\"}"}), None);
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "expected {\"account\": \"...\"}"}),
+                    None,
+                );
             };
             let t = now();
-            let claims = json!({"sub": account, "jti": random_jti(), "iat": t, "exp": t + self.ttl});
+            let claims =
+                json!({"sub": account, "jti": random_jti(), "iat": t, "exp": t + self.ttl});
             return match mint(SampleKey::RsA, &self.kid, &claims) {
                 Ok(token) => reply(
                     StatusCode::OK,
                     &json!({"access_token": token, "token_type": "Bearer", "expires_in": self.ttl}),
                     Some(format!("session={token}; Path=/; HttpOnly")),
                 ),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()}), None),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"error": e.to_string()}),
+                    None,
+                ),
             };
         }
         let headers = session.req_header();
-        let forwarded_for = headers.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let forwarded_for = headers
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if let Some(section) = path.strip_prefix("/account/") {
             let account = subject(session).unwrap_or_default();
             let data = match section {
-                "addresses" => json!([{"label": "home", "street": format!("1 Example Street ({account})"), "door_code": "****"}]),
+                "addresses" => {
+                    json!([{"label": "home", "street": format!("1 Example Street ({account})"), "door_code": "****"}])
+                }
                 "orders" => json!([{"id": 1001, "total": "42.00"}]),
                 _ => json!({"name": account}),
             };
@@ -132,7 +166,11 @@ impl ServeHttp for DemoUpstream {
                 None,
             );
         }
-        reply(StatusCode::OK, &json!({"path": path, "x_forwarded_for": forwarded_for}), None)
+        reply(
+            StatusCode::OK,
+            &json!({"path": path, "x_forwarded_for": forwarded_for}),
+            None,
+        )
     }
 }
 

@@ -16,7 +16,11 @@ fn check_reports_every_error_with_its_place_and_fails() {
         "[upstream]\npeers = [\"nowhere\"]\n\n[token]\nleeway = \"soon\"\n\n[[routes]]\nname = \"a\"\nclass = \"guarded\"\npaths = [\"/a\"]\n",
     )
     .expect("write");
-    let out = warden().arg("check").arg(&path).output().expect("run warden check");
+    let out = warden()
+        .arg("check")
+        .arg(&path)
+        .output()
+        .expect("run warden check");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let p = path.display();
@@ -37,18 +41,50 @@ fn check_accepts_a_good_file_and_run_refuses_a_bad_one() {
     std::fs::write(&good, "[upstream]\npeers = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"a\"\nclass = \"protected\"\npaths = [\"/a/*\"]\n")
         .expect("write");
     let out = warden().arg("check").arg(&good).output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[upstream]\npeers = 5\n").expect("write");
-    let out = warden().args(["run", "--config"]).arg(&bad).output().expect("run");
+    let out = warden()
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(":2:9: error:"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(":2:9: error:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_missing_config_is_a_clear_error() {
-    let out = warden().args(["check", "/nonexistent/warden.toml"]).output().expect("run");
+    let out = warden()
+        .args(["check", "/nonexistent/warden.toml"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/warden.toml:1:1: error: cannot read the file"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/nonexistent/warden.toml:1:1: error: cannot read the file"));
+}
+
+#[test]
+fn the_reference_configuration_is_valid_and_warns_of_nothing() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/warden.toml");
+    let out = warden().args(["check", path]).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok (0 warnings)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
