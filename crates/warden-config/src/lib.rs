@@ -807,37 +807,18 @@ impl Compiler<'_> {
             }
             for p in r.paths.get_ref() {
                 let text = p.get_ref();
-                let star = text.find('*');
-                let ok = text.starts_with('/') && star.is_none_or(|i| i == text.len() - 1);
-                if !ok {
+                let Some(pattern) = PathPattern::parse(text, case_insensitive) else {
                     self.sink.error(
                         p.span(),
                         format!("path {text:?} must start with '/' and may only end with '*' (prefix match), like \"/account/*\""),
                     );
                     continue;
-                }
-                let norm = if case_insensitive {
-                    text.to_ascii_lowercase()
-                } else {
-                    text.clone()
-                };
-                let pattern = match norm.strip_suffix('*') {
-                    Some(prefix) => PathPattern::Prefix(prefix.to_owned()),
-                    None => PathPattern::Exact(norm),
                 };
                 // A path an earlier route already covers, for the same methods, never reaches this one.
                 let covered = pattern_spans.iter().any(|(earlier, ms, _)| {
                     let methods_covered = ms.is_empty()
                         || (!methods.is_empty() && methods.iter().all(|m| ms.contains(m)));
-                    methods_covered
-                        && match (earlier, &pattern) {
-                            (
-                                PathPattern::Prefix(a),
-                                PathPattern::Prefix(b) | PathPattern::Exact(b),
-                            ) => b.starts_with(a.as_str()),
-                            (PathPattern::Exact(a), PathPattern::Exact(b)) => a == b,
-                            (PathPattern::Exact(_), PathPattern::Prefix(_)) => false,
-                        }
+                    methods_covered && pattern.covered_by(earlier)
                 });
                 if covered {
                     self.sink.warn(p.span(), format!("path {text:?} of route {name:?} is shadowed by an earlier route and never matches"));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use warden_core::keys::KeySpec;
 use warden_core::verify::Policy;
+pub use warden_rules::{PathPattern, RouteClass};
 
 /// The whole configuration.
 #[derive(Debug, Clone)]
@@ -194,29 +195,6 @@ pub struct Ledger {
     pub expiry_grace: Duration,
 }
 
-/// What warden does on a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RouteClass {
-    /// Token provenance enforced.
-    Protected,
-    /// Login/token endpoints: responses are watched for issued tokens.
-    Issuance,
-    /// Proxied without enforcement, still counted.
-    Open,
-}
-
-impl RouteClass {
-    /// The label value.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Protected => "protected",
-            Self::Issuance => "issuance",
-            Self::Open => "open",
-        }
-    }
-}
-
 /// What happens when the ledger cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailMode {
@@ -233,26 +211,6 @@ pub enum Capture {
     JsonField(Vec<String>),
     /// A `Set-Cookie` of this name.
     Cookie(String),
-}
-
-/// A path pattern: exact, or a prefix when written with a trailing `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathPattern {
-    /// The whole path.
-    Exact(String),
-    /// Any path starting with this.
-    Prefix(String),
-}
-
-impl PathPattern {
-    /// Whether a (normalized) path matches.
-    #[must_use]
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            Self::Exact(p) => path == p,
-            Self::Prefix(p) => path.starts_with(p.as_str()),
-        }
-    }
 }
 
 /// One route.

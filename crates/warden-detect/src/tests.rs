@@ -1,0 +1,554 @@
+//! Engine behaviour: every action, shadow mode, reload, bans, and eviction under a flood.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use warden_core::ledger::TokenId;
+use warden_rules::{Action, Condition, Field, Match, Measure, Mode, PathPattern, RouteClass, Rule};
+
+use crate::{Decision, Engine, Facts, Lookup, Nothing};
+
+const T0: u64 = 1_800_000_000_000;
+const MIB: usize = 1 << 20;
+
+fn rule(
+    name: &str,
+    key: Vec<Field>,
+    measure: Measure,
+    window_s: u64,
+    threshold: u64,
+    action: Action,
+) -> Rule {
+    Rule {
+        name: name.into(),
+        description: String::new(),
+        matcher: Match::default(),
+        key,
+        measure,
+        window: Duration::from_secs(window_s),
+        threshold,
+        action,
+        mode: Mode::Enforce,
+        priority: 0,
+    }
+}
+
+struct Req<'a> {
+    ip: IpAddr,
+    account: Option<&'a str>,
+    token: Option<TokenId>,
+    path: &'a str,
+}
+
+impl<'a> Req<'a> {
+    fn new(ip: &str, account: &'a str) -> Self {
+        Self {
+            ip: ip.parse().expect("ip"),
+            account: Some(account),
+            token: Some(TokenId::from_jti(account)),
+            path: "/account/addresses",
+        }
+    }
+}
+
+struct Headers(Vec<(&'static str, &'static str)>);
+
+impl Lookup for Headers {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+}
+
+fn eval(e: &Engine, r: &Req<'_>, now_ms: u64) -> crate::Verdict {
+    eval_h(e, r, now_ms, &Nothing)
+}
+
+fn eval_h(e: &Engine, r: &Req<'_>, now_ms: u64, headers: &dyn Lookup) -> crate::Verdict {
+    e.evaluate(&Facts {
+        now_ms,
+        class: RouteClass::Protected,
+        route: Some("account"),
+        method: "GET",
+        path: r.path,
+        ip: r.ip,
+        account: r.account,
+        token: r.token.as_ref(),
+        headers,
+        claims: &Nothing,
+    })
+}
+
+#[test]
+fn rate_limit_answers_with_retry_after_until_the_window_rolls() {
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![rule(
+            "per-account",
+            vec![Field::Account],
+            Measure::Count,
+            60,
+            5,
+            Action::RateLimit,
+        )],
+        64 * MIB,
+    );
+    let r = Req::new("192.0.2.1", "alice");
+    let start = T0 - T0 % 60_000; // the start of a window
+    for i in 0..5 {
+        assert_eq!(eval(&e, &r, start + i).decision, Decision::Pass);
+    }
+    let v = eval(&e, &r, start + 10_000);
+    assert_eq!(v.decision, Decision::RateLimit { retry_after_s: 50 });
+    assert_eq!(v.decided_by.as_deref(), Some("per-account"));
+    assert!(v.hits[0].crossed);
+    assert!(
+        !eval(&e, &r, start + 10_001).hits[0].crossed,
+        "crossing is reported once"
+    );
+    // Two windows later the account is clean again.
+    assert_eq!(eval(&e, &r, start + 120_000).decision, Decision::Pass);
+}
+
+#[test]
+fn block_tag_log_and_revoke_actions() {
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![
+            rule(
+                "block-ip",
+                vec![Field::Ip],
+                Measure::Count,
+                60,
+                3,
+                Action::Block,
+            ),
+            rule(
+                "tag-account",
+                vec![Field::Account],
+                Measure::Count,
+                60,
+                1,
+                Action::Tag,
+            ),
+            rule(
+                "log-token",
+                vec![Field::Token],
+                Measure::Count,
+                60,
+                0,
+                Action::Log,
+            ),
+            rule(
+                "revoke",
+                vec![Field::Token],
+                Measure::Count,
+                60,
+                4,
+                Action::RevokeToken,
+            ),
+        ],
+        64 * MIB,
+    );
+    let r = Req::new("192.0.2.2", "bob");
+    let v = eval(&e, &r, T0);
+    assert_eq!(v.decision, Decision::Pass);
+    assert_eq!(v.hits.len(), 1, "log-token fires from the first request");
+    let v = eval(&e, &r, T0 + 1);
+    assert_eq!(
+        v.tags.iter().map(|t| &**t).collect::<Vec<_>>(),
+        vec!["tag-account"]
+    );
+    assert_eq!(v.decision, Decision::Pass, "a tag does not refuse");
+    let _ = eval(&e, &r, T0 + 2);
+    assert_eq!(eval(&e, &r, T0 + 3).decision, Decision::Block);
+    // Revoke outranks block.
+    let v = eval(&e, &r, T0 + 4);
+    assert_eq!(v.decision, Decision::RevokeToken);
+    assert_eq!(v.decided_by.as_deref(), Some("revoke"));
+}
+
+#[test]
+fn shadow_rules_count_but_never_decide() {
+    let e = Engine::new(64 * MIB, 1000);
+    let mut r = rule(
+        "shadow-ban",
+        vec![Field::Ip],
+        Measure::Count,
+        60,
+        1,
+        Action::Ban(Duration::from_secs(60)),
+    );
+    r.mode = Mode::Shadow;
+    e.set_rules(vec![r], 64 * MIB);
+    let q = Req::new("192.0.2.3", "carol");
+    for i in 0..10 {
+        let v = eval(&e, &q, T0 + i);
+        assert_eq!(v.decision, Decision::Pass);
+        if i >= 1 {
+            assert_eq!(v.hits.len(), 1);
+            assert_eq!(v.hits[0].mode, Mode::Shadow);
+            assert!(!v.hits[0].ban_placed);
+        }
+    }
+    assert_eq!(e.active_bans(T0), 0);
+}
+
+#[test]
+fn a_client_rotating_through_accounts_is_banned_at_the_threshold() {
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![rule(
+            "accounts-per-ip",
+            vec![Field::Ip],
+            Measure::Distinct(Field::Account),
+            3600,
+            20,
+            Action::Ban(Duration::from_secs(3600)),
+        )],
+        64 * MIB,
+    );
+    let accounts: Vec<String> = (0..40).map(|i| format!("victim{i}")).collect();
+    let mut banned_at = None;
+    for (i, a) in accounts.iter().enumerate() {
+        // Each account read four times, as in the incident.
+        for j in 0..4 {
+            let v = eval(
+                &e,
+                &Req::new("198.51.100.9", a),
+                T0 + (i * 4 + j) as u64 * 1000,
+            );
+            if banned_at.is_none() && matches!(v.decision, Decision::Banned { .. }) {
+                banned_at = Some(i);
+                assert!(v.hits[0].ban_placed);
+                assert_eq!(v.hits[0].key.as_deref(), Some("ip=198.51.100.9"));
+            }
+        }
+    }
+    assert_eq!(banned_at, Some(20), "banned on the 21st distinct account");
+    // A user on another address with three accounts is untouched.
+    for a in ["me", "my-spouse", "my-kid"] {
+        assert_eq!(
+            eval(&e, &Req::new("203.0.113.5", a), T0 + 500_000).decision,
+            Decision::Pass
+        );
+    }
+    let bans = e.bans(T0 + 500_000);
+    assert_eq!(bans.len(), 1);
+    assert!(e.lift(&bans[0].0));
+    assert_eq!(e.active_bans(T0 + 500_000), 0);
+}
+
+#[test]
+fn a_token_used_from_many_addresses_is_caught() {
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![rule(
+            "ips-per-token",
+            vec![Field::Token],
+            Measure::Distinct(Field::Ip),
+            600,
+            5,
+            Action::RevokeToken,
+        )],
+        64 * MIB,
+    );
+    let mut decided = None;
+    for i in 0..10u8 {
+        let v = eval(
+            &e,
+            &Req::new(&format!("127.0.1.{i}"), "dave"),
+            T0 + u64::from(i),
+        );
+        if v.decision == Decision::RevokeToken && decided.is_none() {
+            decided = Some(i);
+        }
+    }
+    assert_eq!(decided, Some(5));
+}
+
+#[test]
+fn ip_prefix_keys_group_a_network() {
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![rule(
+            "net",
+            vec![Field::IpPrefix { v4: 24, v6: 64 }],
+            Measure::Count,
+            60,
+            3,
+            Action::Block,
+        )],
+        64 * MIB,
+    );
+    for i in 1..=3u8 {
+        assert_eq!(
+            eval(&e, &Req::new(&format!("10.1.2.{i}"), "x"), T0).decision,
+            Decision::Pass
+        );
+    }
+    let v = eval(&e, &Req::new("10.1.2.200", "x"), T0);
+    assert_eq!(v.decision, Decision::Block);
+    assert_eq!(v.hits[0].key.as_deref(), Some("ip_prefix=10.1.2.0/24"));
+    assert_eq!(
+        eval(&e, &Req::new("10.1.3.1", "x"), T0).decision,
+        Decision::Pass
+    );
+}
+
+#[test]
+fn matching_by_path_method_and_header() {
+    let e = Engine::new(64 * MIB, 1000);
+    let mut r = rule(
+        "bots",
+        vec![Field::Ip],
+        Measure::Count,
+        60,
+        0,
+        Action::Block,
+    );
+    r.matcher = Match {
+        classes: vec![RouteClass::Protected],
+        methods: vec!["GET".into()],
+        paths: vec![PathPattern::Prefix("/account/".into())],
+        conditions: vec![Condition::Prefix(
+            Field::Header("user-agent".into()),
+            "python-requests".into(),
+        )],
+    };
+    e.set_rules(vec![r], 64 * MIB);
+    let q = Req::new("192.0.2.9", "eve");
+    assert_eq!(
+        eval_h(&e, &q, T0, &Headers(vec![("user-agent", "Mozilla/5.0")])).decision,
+        Decision::Pass
+    );
+    assert_eq!(eval_h(&e, &q, T0, &Nothing).decision, Decision::Pass);
+    assert_eq!(
+        eval_h(
+            &e,
+            &q,
+            T0,
+            &Headers(vec![("user-agent", "python-requests/2.31")])
+        )
+        .decision,
+        Decision::Block
+    );
+    let mut other = Req::new("192.0.2.9", "eve");
+    other.path = "/static/app.js";
+    assert_eq!(
+        eval_h(
+            &e,
+            &other,
+            T0,
+            &Headers(vec![("user-agent", "python-requests/2.31")])
+        )
+        .decision,
+        Decision::Pass
+    );
+}
+
+#[test]
+fn reload_keeps_state_and_bans_of_unchanged_rules_only() {
+    let e = Engine::new(64 * MIB, 1000);
+    let keep = rule(
+        "keep",
+        vec![Field::Ip],
+        Measure::Count,
+        60,
+        3,
+        Action::Ban(Duration::from_secs(600)),
+    );
+    let change = rule(
+        "change",
+        vec![Field::Account],
+        Measure::Count,
+        60,
+        3,
+        Action::Block,
+    );
+    e.set_rules(vec![keep.clone(), change.clone()], 64 * MIB);
+    let q = Req::new("192.0.2.10", "frank");
+    for i in 0..4 {
+        let _ = eval(&e, &q, T0 + i);
+    }
+    assert_eq!(e.active_bans(T0), 1);
+    // New threshold on `keep` (state kept), new window on `change` (state reset).
+    let mut keep2 = keep;
+    keep2.threshold = 100;
+    let mut change2 = change;
+    change2.window = Duration::from_secs(120);
+    e.set_rules(vec![keep2, change2], 64 * MIB);
+    assert_eq!(e.active_bans(T0), 1, "ban survives the reload");
+    let v = eval(&e, &q, T0 + 5);
+    assert!(matches!(v.decision, Decision::Banned { .. }));
+    // `change` starts from zero: 1 request is under 3.
+    assert!(v.hits.iter().all(|h| &*h.rule != "change"));
+    // Removing the rule drops its bans.
+    e.set_rules(vec![], 64 * MIB);
+    assert_eq!(e.active_bans(T0), 0);
+}
+
+#[test]
+fn manual_bans_by_ip_account_and_token() {
+    let e = Engine::new(64 * MIB, 1000);
+    let id = e
+        .ban_manual(&Field::Ip, "192.0.2.77", T0, T0 + 60_000)
+        .expect("ban");
+    assert!(e.ban_manual(&Field::Ip, "nope", T0, T0 + 1).is_err());
+    assert!(e.ban_manual(&Field::Path, "/x", T0, T0 + 1).is_err());
+    let q = Req::new("192.0.2.77", "gina");
+    assert_eq!(
+        eval(&e, &q, T0).decision,
+        Decision::Banned {
+            until_ms: T0 + 60_000
+        }
+    );
+    assert_eq!(
+        eval(&e, &q, T0 + 60_001).decision,
+        Decision::Pass,
+        "bans end"
+    );
+    assert!(e.lift(&id));
+    e.ban_manual(&Field::Account, "gina", T0, T0 + 60_000)
+        .expect("ban");
+    assert!(matches!(
+        eval(&e, &Req::new("192.0.2.1", "gina"), T0).decision,
+        Decision::Banned { .. }
+    ));
+    let tok = TokenId::from_jti("henry").to_hex();
+    e.ban_manual(&Field::Token, &tok, T0, T0 + 60_000)
+        .expect("ban");
+    assert!(matches!(
+        eval(&e, &Req::new("192.0.2.1", "henry"), T0).decision,
+        Decision::Banned { .. }
+    ));
+}
+
+#[test]
+fn state_per_key_is_small_while_sets_are_small() {
+    // Count: 12-byte counter + 8-byte key; distinct: 36-byte set + key, no heap up to 3.
+    assert!(std::mem::size_of::<(u64, crate::window::SlidingCount)>() <= 24);
+    assert!(std::mem::size_of::<(u64, crate::distinct::DistinctSet)>() <= 48);
+    let e = Engine::new(1 << 30, 1000);
+    e.set_rules(
+        vec![rule(
+            "d",
+            vec![Field::Ip],
+            Measure::Distinct(Field::Account),
+            3600,
+            1000,
+            Action::Log,
+        )],
+        1 << 30,
+    );
+    for i in 0..100_000u32 {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for a in ["a", "b", "c"] {
+            let _ = e.evaluate(&Facts {
+                now_ms: T0,
+                class: RouteClass::Protected,
+                route: None,
+                method: "GET",
+                path: "/",
+                ip,
+                account: Some(a),
+                token: None,
+                headers: &Nothing,
+                claims: &Nothing,
+            });
+        }
+    }
+    let per_key = e.state_bytes() as f64 / e.tracked_keys() as f64;
+    assert!(per_key <= 128.0, "{per_key} bytes per key");
+}
+
+/// A flood of a million fresh source addresses, with an offender among them, against a
+/// state cap far smaller than the flood. The offender must be caught on time and stay
+/// caught; memory must stay under the cap.
+#[test]
+fn eviction_under_a_flood_is_not_a_bypass() {
+    let cap = 2 * MIB;
+    let e = Engine::new(cap, 10_000);
+    e.set_rules(
+        vec![
+            rule(
+                "rate-per-ip",
+                vec![Field::Ip],
+                Measure::Count,
+                60,
+                300,
+                Action::RateLimit,
+            ),
+            rule(
+                "accounts-per-ip",
+                vec![Field::Ip],
+                Measure::Distinct(Field::Account),
+                3600,
+                50,
+                Action::Ban(Duration::from_secs(3600)),
+            ),
+        ],
+        cap,
+    );
+    let offender: IpAddr = "198.51.100.66".parse().expect("ip");
+    let mut offender_requests = 0u64;
+    let mut rate_limited_from = None;
+    let mut banned_from = None;
+    let mut max_bytes = 0;
+    let facts = |ip, account, now_ms| Facts {
+        now_ms,
+        class: RouteClass::Protected,
+        route: None,
+        method: "GET",
+        path: "/account/x",
+        ip,
+        account,
+        token: None,
+        headers: &Nothing,
+        claims: &Nothing,
+    };
+    let accounts: Vec<String> = (0..100).map(|i| format!("victim-{i}")).collect();
+    let start = T0 - T0 % 60_000;
+    for i in 0..1_000_000u32 {
+        let now = start + u64::from(i) / 50; // 50 000 requests a second: 20 s of flood
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+        let _ = e.evaluate(&facts(ip, Some("flood"), now));
+        if i % 2_000 == 0 {
+            // The offender: one request per 2 000 flood requests, a new account each
+            // time until the hundred are used, then round again.
+            offender_requests += 1;
+            let a = &accounts[(offender_requests as usize - 1) % accounts.len()];
+            let v = e.evaluate(&facts(offender, Some(a), now));
+            if banned_from.is_none() && matches!(v.decision, Decision::Banned { .. }) {
+                banned_from = Some(offender_requests);
+            }
+            if banned_from.is_some() {
+                assert!(
+                    matches!(v.decision, Decision::Banned { .. }),
+                    "offender got back in at request {offender_requests}"
+                );
+            }
+            if rate_limited_from.is_none() && matches!(v.decision, Decision::RateLimit { .. }) {
+                rate_limited_from = Some(offender_requests);
+            }
+        }
+        if i % 10_000 == 0 {
+            let _ = e.sweep(now);
+            max_bytes = max_bytes.max(e.state_bytes());
+        }
+    }
+    assert_eq!(banned_from, Some(51), "banned on the 51st distinct account");
+    // Between sweeps the flood adds at most 10 000 keys to each rule's table.
+    let slack = 2 * 10_000 * 64 * 2;
+    assert!(
+        max_bytes <= cap + slack,
+        "state reached {max_bytes} bytes, cap {cap}"
+    );
+    let _ = e.sweep(start + 20_000);
+    assert!(e.state_bytes() <= cap, "{} > {cap}", e.state_bytes());
+    // The flood keys were the ones evicted.
+    assert!(e.tracked_keys() < 100_000);
+    assert_eq!(
+        rate_limited_from, None,
+        "500 offender requests spread over 20 s stay under the rate rule"
+    );
+}
