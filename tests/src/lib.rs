@@ -85,7 +85,24 @@ impl Response {
 
 /// Sends raw bytes and reads the whole response (the request must ask to close).
 pub fn raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    raw_from(None, addr, request)
+}
+
+/// Like [`raw`], from a chosen loopback source address (127.0.0.0/8 gives thousands).
+pub fn raw_from(
+    src: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    request: &[u8],
+) -> std::io::Result<Response> {
+    let mut s = match src {
+        None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
+        Some(ip) => {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            sock.bind(&SocketAddr::new(ip, 0).into())?;
+            sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+            sock.into()
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     s.set_write_timeout(Some(Duration::from_secs(15)))?;
     s.write_all(request)?;
@@ -154,6 +171,18 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
+    request_from(None, addr, method, path, headers, body)
+}
+
+/// A request with `Connection: close` from a chosen source address.
+pub fn request_from(
+    src: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -164,7 +193,7 @@ pub fn request(
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    raw(addr, &bytes).unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
+    raw_from(src, addr, &bytes).unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
@@ -266,7 +295,10 @@ pub struct Warden {
 impl Warden {
     /// Starts warden in front of `upstream` with the standard test config plus `extra` TOML.
     pub fn start(upstream: &Upstream, extra: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), upstream, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, upstream: &Upstream, extra: &str) -> Self {
         let keys = dir.path().join("keys");
         std::fs::create_dir_all(&keys).expect("mkdir keys");
         let write =
@@ -292,6 +324,35 @@ impl Warden {
         let mut w = w;
         w.spawn();
         w
+    }
+
+    /// Starts warden with a rule file holding `rules` (TOML `[[rules]]`), plus `extra`.
+    pub fn start_with_rules(upstream: &Upstream, rules: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("rules.toml"), rules).expect("write rules");
+        Self::start_in(
+            dir,
+            upstream,
+            &format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}"),
+        )
+    }
+
+    /// The rule file of [`Warden::start_with_rules`].
+    pub fn rules_path(&self) -> PathBuf {
+        self.dir.path().join("rules.toml")
+    }
+
+    /// GET through the proxy with a bearer token, from a source address.
+    pub fn get_from(&self, src: &str, path: &str, token: &str) -> Response {
+        let ip = src.parse().expect("source ip");
+        request_from(
+            Some(ip),
+            self.proxy,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
     }
 
     /// The config file.

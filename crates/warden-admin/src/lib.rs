@@ -12,6 +12,9 @@
 //! | GET | `/ledger/records/{token_id}` | yes | one record |
 //! | GET | `/ledger/lookup?jti=...` | yes | one record by `jti` |
 //! | GET | `/ledger/stats` | no | counters |
+//! | GET | `/decisions` | yes | bans in force |
+//! | POST | `/decisions` | yes | ban by hand: `{"field": "ip"\|"account"\|"token", "value": ..., "ttl": "1h"}` |
+//! | DELETE | `/decisions/{id}` | yes | lift a ban |
 //!
 //! "auth" means `Authorization: Bearer <token>`, the token read from `admin.token_file`,
 //! compared in constant time. Without a token file those endpoints answer 403. A failed
@@ -33,7 +36,9 @@ use sha2::{Digest, Sha256};
 use warden_core::ingest::record_from_json;
 use warden_core::ledger::{Ledger, RecordView, Revocation, TokenId};
 use warden_core::verify::Verifier;
+use warden_detect::Engine;
 use warden_metrics::{Metrics, Source};
+use warden_rules::Field;
 
 /// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 16 << 20;
@@ -58,6 +63,8 @@ pub trait Control: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// Unix seconds now.
     fn now(&self) -> u64;
+    /// The behaviour engine (bans).
+    fn engine(&self) -> &Engine;
 }
 
 /// The admin HTTP application.
@@ -273,6 +280,48 @@ impl AdminApp {
         }
     }
 
+    async fn ban(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let v = match Self::json_body(session).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let get = |k: &str| v.get(k).and_then(Value::as_str);
+        let (Some(field), Some(value), Some(ttl)) = (get("field"), get("value"), get("ttl")) else {
+            return error(StatusCode::BAD_REQUEST, "expected {\"field\": \"ip\"|\"account\"|\"token\", \"value\": ..., \"ttl\": \"1h\"}");
+        };
+        let field = match field {
+            "ip" => Field::Ip,
+            "account" => Field::Account,
+            "token" => Field::Token,
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("field {other:?} is not one of ip, account, token"),
+                )
+            }
+        };
+        let ttl = match humantime::parse_duration(ttl) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("ttl {ttl:?} is not a duration like \"30m\" or \"1h\""),
+                )
+            }
+        };
+        let now_ms = self.control.now().saturating_mul(1000);
+        let until_ms =
+            now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2));
+        match self
+            .control
+            .engine()
+            .ban_manual(&field, value, now_ms, until_ms)
+        {
+            Ok(id) => reply(StatusCode::OK, &json!({"id": id, "until_ms": until_ms})),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        }
+    }
+
     async fn lookup(&self, id: TokenId) -> Response<Vec<u8>> {
         match self.control.ledger().get(&id).await {
             Ok(Some(v)) => reply(StatusCode::OK, &view_json(&v)),
@@ -326,9 +375,10 @@ impl AdminApp {
             (&method, path.as_str()),
             (
                 &Method::POST,
-                "/reload" | "/ledger/records" | "/ledger/revoke"
-            ) | (&Method::GET, "/ledger/lookup")
-        ) || (method == Method::GET && path.starts_with("/ledger/records/"));
+                "/reload" | "/ledger/records" | "/ledger/revoke" | "/decisions"
+            ) | (&Method::GET, "/ledger/lookup" | "/decisions")
+        ) || (method == Method::GET && path.starts_with("/ledger/records/"))
+            || (method == Method::DELETE && path.starts_with("/decisions/"));
         if !known {
             return error(
                 StatusCode::NOT_FOUND,
@@ -362,6 +412,30 @@ impl AdminApp {
                 ),
             },
             (&Method::POST, "/ledger/records") => self.record(session).await,
+            (&Method::GET, "/decisions") => {
+                let now_ms = c.now().saturating_mul(1000);
+                let bans: Vec<Value> = c
+                    .engine()
+                    .bans(now_ms)
+                    .into_iter()
+                    .map(|(id, b)| {
+                        json!({"id": id, "rule": &*b.rule, "key": b.key, "placed_at_ms": b.placed_ms, "until_ms": b.until_ms})
+                    })
+                    .collect();
+                reply(StatusCode::OK, &json!({"bans": bans}))
+            }
+            (&Method::POST, "/decisions") => self.ban(session).await,
+            (&Method::DELETE, p) if p.starts_with("/decisions/") => {
+                let id = &p["/decisions/".len()..];
+                if c.engine().lift(id) {
+                    reply(StatusCode::OK, &json!({"lifted": id}))
+                } else {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!("no ban with id {:?}", warden_core::token::truncate(id)),
+                    )
+                }
+            }
             (&Method::POST, "/ledger/revoke") => self.revoke(session).await,
             (&Method::GET, "/ledger/lookup") => {
                 let jti = query.split('&').find_map(|kv| kv.strip_prefix("jti="));

@@ -31,6 +31,8 @@ pub mod diag;
 pub mod model;
 #[allow(missing_docs)]
 pub mod raw;
+pub mod rules;
+mod values;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,6 +75,34 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     }
 }
 
+/// Checks one file, a configuration or a rule file (a file whose only section is
+/// `[[rules]]`): the warnings if it is valid, every diagnostic if not.
+pub fn check_file(path: &Path) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+    let src = std::fs::read_to_string(path).unwrap_or_default();
+    let is_rule_file = DeTable::parse(&src)
+        .map(|t| {
+            !t.get_ref().is_empty()
+                && t.get_ref().iter().all(|(k, _)| {
+                    k.get_ref().as_ref() == "rules"
+                        && t.get_ref()
+                            .get("rules")
+                            .is_some_and(|v| v.get_ref().is_array())
+                })
+        })
+        .unwrap_or(false);
+    if is_rule_file {
+        let (located, mut diags) = rules::load_rule_file(path);
+        diags.extend(rules::cross_check(&located));
+        if diags.iter().any(|d| d.severity == Severity::Error) {
+            Err(diags)
+        } else {
+            Ok(diags)
+        }
+    } else {
+        load(path).map(|l| l.warnings)
+    }
+}
+
 /// Compiles configuration text; `path` names it in diagnostics and anchors relative
 /// paths (key files, the ledger file).
 pub fn compile_str(path: &Path, src: &str) -> Result<Loaded, Vec<Diagnostic>> {
@@ -94,7 +124,7 @@ pub fn compile_str(path: &Path, src: &str) -> Result<Loaded, Vec<Diagnostic>> {
     c.read_sections(doc.get_ref());
     let config = c.compile(path);
     let mut diagnostics = c.sink.diagnostics;
-    diagnostics.sort_by_key(|d| (d.line, d.column));
+    diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     match config {
         Some(config) if !diagnostics.iter().any(|d| d.severity == Severity::Error) => Ok(Loaded {
             config,
@@ -117,10 +147,11 @@ struct Sections {
     ledger: raw::Ledger,
     routes: Vec<(raw::Route, Range<usize>)>,
     routing: raw::Routing,
+    rules: raw::Rules,
 }
 
 const SECTIONS: &str =
-    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing";
+    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules";
 
 struct Compiler<'a> {
     sink: Sink<'a>,
@@ -185,6 +216,11 @@ impl Compiler<'_> {
                 "jwks" => self.sections.jwks = self.de("jwks", value),
                 "ledger" => self.sections.ledger = self.de("ledger", value),
                 "routing" => self.sections.routing = self.de("routing", value),
+                "rules" if value.get_ref().is_table() => self.sections.rules = self.de("rules", value),
+                "rules" => self.sink.error(
+                    key.span(),
+                    "[[rules]] belong in rule files; list them in the configuration with [rules] files = [\"rules/default.toml\"]",
+                ),
                 "keys" => self.sections.keys = self.de_list("keys", value),
                 "routes" => self.sections.routes = self.de_list("routes", value),
                 other => self.sink.error(
@@ -204,6 +240,7 @@ impl Compiler<'_> {
         let keys = self.keys();
         let ledger = self.ledger();
         let routes = self.routes();
+        let rules = self.rules();
         Some(Config {
             source: path.to_owned(),
             server,
@@ -215,26 +252,54 @@ impl Compiler<'_> {
             keys,
             ledger,
             routes,
+            rules,
         })
+    }
+
+    fn rules(&mut self) -> RuleSettings {
+        let r = std::mem::take(&mut self.sections.rules);
+        let mut files = Vec::new();
+        let mut located = Vec::new();
+        if let Some(list) = &r.files {
+            for f in list.get_ref() {
+                let path = self.path(f.get_ref());
+                if !path.exists() {
+                    self.sink.error(
+                        f.span(),
+                        format!("rules.files: {} does not exist", path.display()),
+                    );
+                    continue;
+                }
+                let (found, diags) = rules::load_rule_file(&path);
+                self.sink.diagnostics.extend(diags);
+                located.extend(found);
+                files.push(path);
+            }
+        }
+        self.sink.diagnostics.extend(rules::cross_check(&located));
+        let max_state_bytes = r
+            .max_state_bytes
+            .as_ref()
+            .and_then(|v| values::bytes(&mut self.sink, "rules.max_state_bytes", v))
+            .unwrap_or(256 << 20);
+        RuleSettings {
+            files,
+            list: located.into_iter().map(|l| l.rule).collect(),
+            tag_header: r.tag_header.map_or_else(
+                || "x-warden-tag".to_owned(),
+                |h| h.into_inner().to_ascii_lowercase(),
+            ),
+            max_state_bytes,
+            max_bans: self.count("rules.max_bans", &r.max_bans, 1_000_000, 1..100_000_001),
+        }
     }
 
     // === values ===
 
     fn duration(&mut self, field: &str, v: &Option<S<String>>, default: Duration) -> Duration {
-        let Some(v) = v else { return default };
-        match humantime::parse_duration(v.get_ref()) {
-            Ok(d) => d,
-            Err(_) => {
-                self.sink.error(
-                    v.span(),
-                    format!(
-                        "{field} = {:?} is not a duration; expected a number and a unit, like \"250ms\", \"30s\", \"5m\", \"1h\"",
-                        v.get_ref()
-                    ),
-                );
-                default
-            }
-        }
+        v.as_ref()
+            .and_then(|v| values::duration(&mut self.sink, field, v))
+            .unwrap_or(default)
     }
 
     fn count(
@@ -293,20 +358,9 @@ impl Compiler<'_> {
         options: &[(&str, T)],
         default: T,
     ) -> T {
-        let Some(v) = v else { return default };
-        if let Some((_, t)) = options.iter().find(|(n, _)| *n == v.get_ref()) {
-            return *t;
-        }
-        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        self.sink.error(
-            v.span(),
-            format!(
-                "{field} = {:?} is not one of: {}",
-                v.get_ref(),
-                names.join(", ")
-            ),
-        );
-        default
+        v.as_ref()
+            .and_then(|v| values::one_of(&mut self.sink, field, v, options))
+            .unwrap_or(default)
     }
 
     // === sections ===

@@ -32,6 +32,23 @@ pub struct Config {
     pub ledger: Ledger,
     /// Route classes by path.
     pub routes: Routes,
+    /// Behaviour rules.
+    pub rules: RuleSettings,
+}
+
+/// Behaviour rules and the bounds of their state.
+#[derive(Debug, Clone)]
+pub struct RuleSettings {
+    /// Rule files, in order.
+    pub files: Vec<PathBuf>,
+    /// The rules of all files.
+    pub list: Vec<warden_rules::Rule>,
+    /// Header that `tag` rules add to the upstream request.
+    pub tag_header: String,
+    /// Cap on rule state (counters and sets); beyond it the lowest-scoring keys go.
+    pub max_state_bytes: usize,
+    /// Most bans in force at once.
+    pub max_bans: usize,
 }
 
 /// Listeners and process settings.

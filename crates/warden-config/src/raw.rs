@@ -107,3 +107,43 @@ pub struct Routing {
     pub default_class: Option<S<String>>,
     pub case_insensitive: Option<S<bool>>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    pub files: Option<S<Vec<S<String>>>>,
+    pub tag_header: Option<S<String>>,
+    pub max_state_bytes: Option<S<String>>,
+    pub max_bans: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    pub field: S<String>,
+    pub equals: Option<S<String>>,
+    pub prefix: Option<S<String>>,
+    pub present: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: S<String>,
+    pub description: Option<S<String>>,
+    pub classes: Option<S<Vec<S<String>>>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub paths: Option<S<Vec<S<String>>>>,
+    pub when: Option<S<Vec<S<When>>>>,
+    pub key: S<Vec<S<String>>>,
+    pub ip_prefix_v4: Option<S<i64>>,
+    pub ip_prefix_v6: Option<S<i64>>,
+    pub measure: Option<S<String>>,
+    pub distinct: Option<S<String>>,
+    pub window: S<String>,
+    pub threshold: S<i64>,
+    pub action: S<String>,
+    pub ban_for: Option<S<String>>,
+    pub mode: Option<S<String>>,
+    pub priority: Option<S<i64>>,
+}

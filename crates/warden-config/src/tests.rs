@@ -232,3 +232,166 @@ fn cidrs() {
     let v6 = Cidr::parse("fd00::/8").expect("cidr");
     assert!(v6.contains("fd12::1".parse().expect("ip")));
 }
+
+// === rule files ===
+
+fn rule_diags(src: &str) -> (Vec<rules::Located>, Vec<String>) {
+    let (r, d) = rules::compile_rule_str(Path::new("r.toml"), src);
+    (r, d.iter().map(ToString::to_string).collect())
+}
+
+#[test]
+fn the_default_rule_pack_compiles_cleanly() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules/default.toml");
+    let (rules, diags) = rules::load_rule_file(&path);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert!(rules.len() >= 10, "{}", rules.len());
+    assert!(rules::cross_check(&rules).is_empty());
+    let r = rules
+        .iter()
+        .find(|l| l.rule.name == "accounts-per-ip")
+        .expect("rule");
+    assert_eq!(
+        r.rule.measure,
+        warden_rules::Measure::Distinct(warden_rules::Field::Account)
+    );
+    assert_eq!(
+        r.rule.action,
+        warden_rules::Action::Ban(Duration::from_secs(6 * 3600))
+    );
+}
+
+#[test]
+fn rule_errors_are_all_reported_with_their_place() {
+    let src = r#"[[rules]]
+name = "a"
+key = ["ip", "colour"]
+window = "1 fortnight"
+threshold = -1
+action = "ban"
+
+[[rules]]
+name = "b b"
+key = ["account"]
+measure = "distinct"
+window = "1m"
+threshold = 5
+action = "smite"
+"#;
+    let (rules, d) = rule_diags(src);
+    assert!(rules.is_empty());
+    let want = [
+        "r.toml:3:14: error: key \"colour\" is not a field",
+        "r.toml:4:10: error: window = \"1 fortnight\" is not a duration",
+        "r.toml:5:13: error: threshold = -1 must be zero or more",
+        "r.toml:6:10: error: rule \"a\": action = \"ban\" needs ban_for",
+        "r.toml:9:8: error: rule name \"b b\" must be",
+        "r.toml:11:11: error: rule \"b b\": measure = \"distinct\" needs distinct = FIELD",
+        "r.toml:14:10: error: action = \"smite\" is not one of",
+    ];
+    for w in want {
+        assert!(
+            d.iter().any(|x| x.starts_with(w)),
+            "missing {w:?} in\n{}",
+            d.join("\n")
+        );
+    }
+    assert_eq!(d.len(), want.len(), "{}", d.join("\n"));
+}
+
+#[test]
+fn rules_that_can_never_fire_or_are_shadowed_are_warned_about() {
+    let src = r#"[[rules]]
+name = "open-account"
+classes = ["open"]
+key = ["account"]
+window = "1m"
+threshold = 5
+action = "block"
+
+[[rules]]
+name = "self-distinct"
+key = ["ip"]
+measure = "distinct"
+distinct = "ip"
+window = "1m"
+threshold = 5
+action = "log"
+
+[[rules]]
+name = "strong"
+key = ["ip"]
+window = "1m"
+threshold = 10
+action = "ban"
+ban_for = "1h"
+
+[[rules]]
+name = "weak"
+key = ["ip"]
+window = "1m"
+threshold = 20
+action = "block"
+"#;
+    let (rules, d) = rule_diags(src);
+    assert_eq!(rules.len(), 4);
+    assert!(
+        d.iter()
+            .any(|x| x.starts_with("r.toml:2:8: warning: rule \"open-account\" uses account")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter()
+            .any(|x| x
+                .starts_with("r.toml:10:8: warning: rule \"self-distinct\" counts distinct ip")),
+        "{d:?}"
+    );
+    let cross: Vec<String> = rules::cross_check(&rules)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(cross.len(), 1, "{cross:?}");
+    assert!(
+        cross[0].starts_with("r.toml:27:8: warning: rule \"weak\" is shadowed by rule \"strong\""),
+        "{cross:?}"
+    );
+}
+
+#[test]
+fn rule_files_are_loaded_from_the_config_and_names_are_unique_across_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rule = |name: &str| {
+        format!("[[rules]]\nname = \"{name}\"\nkey = [\"ip\"]\nwindow = \"1m\"\nthreshold = 5\naction = \"log\"\n")
+    };
+    std::fs::write(dir.path().join("a.toml"), rule("x")).expect("write");
+    std::fs::write(dir.path().join("b.toml"), rule("x")).expect("write");
+    let path = dir.path().join("warden.toml");
+    std::fs::write(&path, format!("{MIN}[rules]\nfiles = [\"a.toml\", \"b.toml\", \"missing.toml\"]\nmax_state_bytes = \"64MiB\"\n")).expect("write");
+    let e = load(&path).expect_err("refused");
+    let msgs: Vec<String> = e
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("b.toml:2:8: error: rule name \"x\" is already used at")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("missing.toml does not exist")),
+        "{msgs:?}"
+    );
+    std::fs::write(
+        &path,
+        format!("{MIN}[rules]\nfiles = [\"a.toml\"]\nmax_state_bytes = \"64MiB\"\n"),
+    )
+    .expect("write");
+    let ok = load(&path).expect("loads");
+    assert_eq!(ok.config.rules.list.len(), 1);
+    assert_eq!(ok.config.rules.max_state_bytes, 64 << 20);
+    // `check_file` recognises a rule file on its own.
+    assert!(check_file(&dir.path().join("a.toml")).is_ok());
+}

@@ -159,7 +159,8 @@ fn read_header(json: &Map<String, Value>) -> Result<Header, Malformed> {
 }
 
 /// Bounds a hostile value before it goes into an error message or a log line.
-pub(crate) fn truncate(s: &str) -> String {
+#[must_use]
+pub fn truncate(s: &str) -> String {
     const MAX: usize = 64;
     if s.len() <= MAX {
         return s.to_owned();

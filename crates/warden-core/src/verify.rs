@@ -77,6 +77,38 @@ pub struct Verified {
     pub expires_at: u64,
     /// `nbf`.
     pub not_before: Option<u64>,
+    /// String and number claims, for rules that key on claims: at most
+    /// [`MAX_KEPT_CLAIMS`], each value at most 256 bytes; others are dropped.
+    pub claims: Box<[(Box<str>, Box<str>)]>,
+}
+
+/// Most claims kept per verified token.
+pub const MAX_KEPT_CLAIMS: usize = 16;
+
+impl Verified {
+    /// A kept claim's value.
+    #[must_use]
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| &**v)
+    }
+}
+
+fn kept_claims(c: &serde_json::Map<String, serde_json::Value>) -> Box<[(Box<str>, Box<str>)]> {
+    c.iter()
+        .filter_map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            (k.len() <= 64 && v.len() <= 256).then(|| (k.as_str().into(), v.into_boxed_str()))
+        })
+        .take(MAX_KEPT_CLAIMS)
+        .collect()
 }
 
 /// The result of verifying one token.
@@ -305,6 +337,7 @@ impl Verifier {
                 issued_at,
                 expires_at,
                 not_before,
+                claims: kept_claims(c),
             },
             Arc::clone(key),
         ))

@@ -530,12 +530,33 @@ impl Engine {
         }
     }
 
-    /// Lifts a ban by id (as listed). Returns whether one was lifted.
+    /// Lifts a ban by id (as listed) and forgets the rule's count for that key, so the
+    /// key starts clean instead of being banned again by its next request. Returns
+    /// whether a ban was lifted.
     pub fn lift(&self, id: &str) -> bool {
         let Some((scope, key)) = parse_ban_id(id) else {
             return false;
         };
         let lifted = self.bans.remove(&(scope, key)).is_some();
+        if lifted && scope != MANUAL {
+            for c in self
+                .rules
+                .load()
+                .iter()
+                .filter(|c| c.state.fingerprint == scope)
+            {
+                match &c.state.table {
+                    Table::Count(m) => {
+                        m.remove(&key);
+                    }
+                    Table::Distinct(m, heap) => {
+                        if let Some((_, e)) = m.remove(&key) {
+                            heap.fetch_sub(e.heap_bytes() as isize, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
         if scope == MANUAL && lifted {
             self.manual_bans.fetch_sub(1, Ordering::Relaxed);
         }

@@ -236,6 +236,9 @@ fn a_client_rotating_through_accounts_is_banned_at_the_threshold() {
     assert_eq!(bans.len(), 1);
     assert!(e.lift(&bans[0].0));
     assert_eq!(e.active_bans(T0 + 500_000), 0);
+    // Lifted with a clean count: the address is not banned again at once.
+    let v = eval(&e, &Req::new("198.51.100.9", "victim0"), T0 + 500_001);
+    assert_eq!(v.decision, Decision::Pass);
 }
 
 #[test]

@@ -87,6 +87,34 @@ pub struct Metrics {
     pub events_dropped: IntCounter,
     /// Tokens in the verification cache.
     pub verify_cache_entries: IntGauge,
+    rule_hits: IntCounterVec,
+    decisions: Vec<IntCounter>,
+    /// Bans in force.
+    pub active_bans: IntGauge,
+    /// Keys tracked by the rules.
+    pub tracked_keys: IntGauge,
+    /// Bytes of rule state.
+    pub state_bytes: IntGauge,
+    /// Keys evicted to respect the state cap.
+    pub state_evictions: IntCounter,
+}
+
+/// Decision label values, indexed by [`DecisionKind`].
+pub const DECISIONS: [&str; 5] = ["rate_limit", "block", "ban", "revoke_token", "tag"];
+
+/// A request decision by the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// 429.
+    RateLimit = 0,
+    /// 403.
+    Block = 1,
+    /// 403 under a ban.
+    Ban = 2,
+    /// Token revoked, 401.
+    RevokeToken = 3,
+    /// Header added.
+    Tag = 4,
 }
 
 fn counter_vec(
@@ -233,6 +261,30 @@ impl Metrics {
                 "warden_verify_cache_entries",
                 "Tokens in the verification cache.",
             ),
+            rule_hits: {
+                let v = IntCounterVec::new(
+                    Opts::new("warden_rule_hits_total", "Requests over a rule's threshold, by rule and mode."),
+                    &["rule", "mode"],
+                )
+                .unwrap_or_else(|e| panic_metric("warden_rule_hits_total", &e));
+                register(&r, "warden_rule_hits_total", Box::new(v.clone()));
+                v
+            },
+            decisions: counter_vec(
+                &r,
+                "warden_decisions_total",
+                "Requests the rules acted on (enforce mode), by action.",
+                "action",
+                &DECISIONS,
+            ),
+            active_bans: gauge(&r, "warden_active_bans", "Bans in force."),
+            tracked_keys: gauge(&r, "warden_tracked_keys", "Keys tracked by the behaviour rules."),
+            state_bytes: gauge(&r, "warden_state_bytes", "Bytes of behaviour-rule state (counters and sets)."),
+            state_evictions: counter(
+                &r,
+                "warden_state_evictions_total",
+                "Keys evicted, lowest score first, to keep rule state under its cap.",
+            ),
             registry: r,
         }
     }
@@ -262,6 +314,26 @@ impl Metrics {
     /// Counts an issuance wait: `found`, `timeout` or `overflow`.
     pub fn issuance_wait(&self, outcome: IssuanceWait) {
         self.issuance_wait[outcome as usize].inc();
+    }
+
+    /// Counts a request over a rule's threshold. Rule names come from the rule files: a
+    /// small set the operator controls, never request data.
+    pub fn rule_hit(&self, rule: &str, mode: &str) {
+        self.rule_hits.with_label_values(&[rule, mode]).inc();
+    }
+
+    /// Counts a decision.
+    pub fn decision(&self, kind: DecisionKind) {
+        self.decisions[kind as usize].inc();
+    }
+
+    /// Pre-registers the series of the rules in force, so dashboards see zeros.
+    pub fn declare_rules<'a>(&self, rules: impl Iterator<Item = &'a str>) {
+        for r in rules {
+            for mode in ["enforce", "shadow"] {
+                let _ = self.rule_hits.with_label_values(&[r, mode]);
+            }
+        }
     }
 
     /// Counts a reload.
@@ -311,6 +383,12 @@ pub struct Event {
     /// Route name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Rule name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The rule's key, readable (`ip=192.0.2.1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Provenance reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,

@@ -22,11 +22,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use warden_config::model::{ClientIp, Config, Ledger as LedgerCfg, Routes, TokenSource, Upstream};
+use warden_config::model::{
+    ClientIp, Config, Ledger as LedgerCfg, Routes, RuleSettings, TokenSource, Upstream,
+};
 use warden_config::Diagnostic;
 use warden_core::keys::KeyRegistry;
 use warden_core::ledger::Ledger;
 use warden_core::verify::Verifier;
+use warden_detect::Engine;
 use warden_metrics::{Event, Events, Metrics};
 
 pub use maintenance::Maintenance;
@@ -45,6 +48,10 @@ pub struct Settings {
     pub ledger: LedgerCfg,
     /// Upstream settings (peers are fixed at start; timeouts reload).
     pub upstream: Upstream,
+    /// Behaviour rules (the rules themselves live in the engine).
+    pub rules: RuleSettings,
+    /// Files whose change triggers a reload: the configuration and the rule files.
+    pub watched: Vec<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -57,6 +64,13 @@ impl Settings {
             client_ip: c.client_ip.clone(),
             ledger: c.ledger.clone(),
             upstream: c.upstream.clone(),
+            rules: RuleSettings {
+                list: Vec::new(),
+                ..c.rules.clone()
+            },
+            watched: std::iter::once(c.source.clone())
+                .chain(c.rules.files.iter().cloned())
+                .collect(),
         }
     }
 }
@@ -71,6 +85,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Event sink.
     pub events: Arc<Events>,
+    /// The behaviour engine.
+    pub engine: Arc<Engine>,
     /// Reloadable settings.
     pub settings: ArcSwap<Settings>,
     /// Bounds the requests waiting for a just-issued token's record.
@@ -92,11 +108,18 @@ impl Shared {
         events: Arc<Events>,
     ) -> Self {
         metrics.config_generation.set(1);
+        let engine = Arc::new(Engine::new(
+            config.rules.max_state_bytes,
+            config.rules.max_bans,
+        ));
+        engine.set_rules(config.rules.list.clone(), config.rules.max_state_bytes);
+        metrics.declare_rules(config.rules.list.iter().map(|r| r.name.as_str()));
         Self {
             verifier,
             ledger,
             metrics,
             events,
+            engine,
             waiters: tokio::sync::Semaphore::new(config.ledger.max_waiters),
             settings: ArcSwap::from_pointee(Settings::from_config(config)),
             sighup_ready: AtomicBool::new(false),
@@ -143,6 +166,11 @@ impl Shared {
                     );
                 }
                 self.verifier.swap_registry(registry);
+                let rules = &loaded.config.rules;
+                self.engine
+                    .set_rules(rules.list.clone(), rules.max_state_bytes);
+                self.metrics
+                    .declare_rules(rules.list.iter().map(|r| r.name.as_str()));
                 self.settings
                     .store(Arc::new(Settings::from_config(&loaded.config)));
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -175,6 +203,14 @@ impl Shared {
             }
         }
     }
+}
+
+/// Unix milliseconds now.
+#[must_use]
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Unix seconds now: the one place the proxy reads the wall clock for the core.

@@ -11,7 +11,15 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{unix_now, Shared};
+use crate::{unix_now, unix_now_ms, Shared};
+
+/// Modification times of the watched files (a missing file counts as a state too).
+fn modified(files: &[std::path::PathBuf]) -> Vec<Option<std::time::SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
 
 /// The maintenance background service.
 pub struct Maintenance {
@@ -40,10 +48,29 @@ impl BackgroundService for Maintenance {
         };
         self.shared.sighup_ready.store(true, Ordering::Release);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut fast = tokio::time::interval(Duration::from_millis(100));
         let mut last_sweep = tokio::time::Instant::now();
+        let mut mtimes = modified(&self.shared.settings.load().watched);
+        let mut last_watch = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
+                _ = fast.tick() => {
+                    let s = &self.shared;
+                    let report = s.engine.sweep(unix_now_ms());
+                    if report.evicted > 0 {
+                        s.metrics.state_evictions.inc_by(report.evicted as u64);
+                    }
+                    if last_watch.elapsed() >= Duration::from_millis(500) {
+                        last_watch = tokio::time::Instant::now();
+                        let now = modified(&s.settings.load().watched);
+                        if now != mtimes {
+                            log::info!("configuration or rule file changed; reloading");
+                            let _ = s.reload();
+                            mtimes = modified(&s.settings.load().watched);
+                        }
+                    }
+                }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let _ = self.shared.reload();
                 }
@@ -52,6 +79,10 @@ impl BackgroundService for Maintenance {
                     let stats = s.ledger.stats();
                     s.metrics.ledger_entries.set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
                     s.metrics.verify_cache_entries.set(i64::try_from(s.verifier.cache_len()).unwrap_or(i64::MAX));
+                    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                    s.metrics.active_bans.set(gauge(s.engine.active_bans(unix_now_ms())));
+                    s.metrics.tracked_keys.set(gauge(s.engine.tracked_keys()));
+                    s.metrics.state_bytes.set(gauge(s.engine.state_bytes()));
                     let settings = s.settings.load();
                     if last_sweep.elapsed() >= settings.ledger.sweep_interval {
                         last_sweep = tokio::time::Instant::now();

@@ -13,13 +13,15 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use warden_config::model::{Capture, FailMode, Route, RouteClass};
-use warden_core::ledger::{Answer, Query};
-use warden_core::verify::{reason_for, Checked};
+use warden_core::ledger::{Answer, Query, Revocation};
+use warden_core::verify::{reason_for, Checked, Verified};
 use warden_core::Reason;
-use warden_metrics::{token_hash, Event, IssuanceWait, Outcome, Source};
+use warden_detect::{Decision as RuleDecision, Facts, Lookup, Verdict};
+use warden_metrics::{token_hash, DecisionKind, Event, IssuanceWait, Outcome, Source};
+use warden_rules::Mode;
 
 use crate::token_src::{self, Found};
-use crate::{path, unix_now, Settings, Shared};
+use crate::{path, unix_now, unix_now_ms, Settings, Shared};
 
 /// Login responses larger than this are not searched for a token.
 const MAX_CAPTURE_BODY: usize = 64 * 1024;
@@ -35,6 +37,7 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     settings: Option<Arc<Settings>>,
     capture_body: Option<Vec<u8>>,
+    tags: Vec<Arc<str>>,
 }
 
 /// Warden's proxy.
@@ -300,27 +303,36 @@ impl WardenProxy {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for WardenProxy {
-    type CTX = Ctx;
+/// Request headers for the rule engine.
+struct HeaderLookup<'a>(&'a http::HeaderMap);
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+impl Lookup for HeaderLookup<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
     }
+}
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let started = Instant::now();
+/// Claims of the verified token for the rule engine.
+struct ClaimLookup<'a>(Option<&'a Verified>);
+
+impl Lookup for ClaimLookup<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.and_then(|v| v.claim(name))
+    }
+}
+
+impl WardenProxy {
+    /// Everything warden decides before proxying: route, client, provenance, rules.
+    async fn filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let settings = self.shared.settings.load_full();
+        ctx.settings = Some(Arc::clone(&settings));
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let req = session.req_header();
-        ctx.client_ip = Some(crate::client_ip::resolve(
-            peer,
-            &req.headers,
-            &settings.client_ip,
-        ));
+        let client_ip = crate::client_ip::resolve(peer, &req.headers, &settings.client_ip);
+        ctx.client_ip = Some(client_ip);
         let path = match path::normalize(req.uri.path(), settings.routes.case_insensitive) {
             Ok(p) => p,
             Err(e) => {
@@ -334,66 +346,215 @@ impl ProxyHttp for WardenProxy {
         ctx.class = class_idx(class);
         ctx.route = route.map(|(i, _)| i);
         let route = route.map(|(_, r)| r);
-        let result = match class {
-            RouteClass::Protected => {
-                let decision = match token_src::find(&req.headers, &settings.token) {
-                    Found::None => Decision {
-                        reason: Reason::Missing,
-                        checked: None,
-                    },
-                    Found::Ambiguous => Decision {
-                        reason: Reason::Malformed,
-                        checked: None,
-                    },
-                    Found::One(token) => {
-                        let token = token.to_owned();
-                        decide(&self.shared, &token, &settings).await
+
+        // 1. Provenance, on protected routes.
+        let provenance = if class == RouteClass::Protected {
+            let decision = match token_src::find(&req.headers, &settings.token) {
+                Found::None => Decision {
+                    reason: Reason::Missing,
+                    checked: None,
+                },
+                Found::Ambiguous => Decision {
+                    reason: Reason::Malformed,
+                    checked: None,
+                },
+                Found::One(token) => {
+                    let token = token.to_owned();
+                    decide(&self.shared, &token, &settings).await
+                }
+            };
+            self.shared.metrics.provenance(decision.reason);
+            Some(decision)
+        } else {
+            None
+        };
+
+        // 2. Behaviour rules, on every request (refused ones too: an address sending
+        //    forged tokens is counted like any other).
+        let verified = provenance
+            .as_ref()
+            .and_then(|d| d.checked.as_ref())
+            .map(|c| Arc::clone(&c.verified));
+        let verdict = {
+            let headers = HeaderLookup(&req.headers);
+            let claims = ClaimLookup(verified.as_deref());
+            self.shared.engine.evaluate(&Facts {
+                now_ms: unix_now_ms(),
+                class,
+                route: route.map(|r| r.name.as_str()),
+                method: req.method.as_str(),
+                path: &path,
+                ip: client_ip,
+                account: verified.as_deref().map(|v| &*v.account),
+                token: verified.as_deref().map(|v| &v.id),
+                headers: &headers,
+                claims: &claims,
+            })
+        };
+        self.observe_rules(&verdict, ctx, &path, verified.as_deref());
+
+        // 3. The response: a provenance refusal first, then the rules' decision.
+        if let Some(decision) = &provenance {
+            let fail_mode = route.map_or(FailMode::Closed, |r| r.on_backend_failure);
+            match action_for(decision.reason, fail_mode) {
+                Action::Pass => {}
+                Action::PassFailOpen => {
+                    ctx.outcome = Some(Outcome::FailOpen);
+                    self.emit_rejection(ctx, route, &path, decision, "pass");
+                }
+                Action::Unavailable => {
+                    ctx.outcome = Some(Outcome::Rejected);
+                    self.emit_rejection(ctx, route, &path, decision, "reject");
+                    return respond(
+                        session,
+                        503,
+                        b"{\"error\":\"unavailable\"}\n",
+                        &[("retry-after", "1")],
+                    )
+                    .await;
+                }
+                Action::Refuse => {
+                    ctx.outcome = Some(Outcome::Rejected);
+                    if decision.reason != Reason::Missing {
+                        self.emit_rejection(ctx, route, &path, decision, "reject");
                     }
-                };
-                self.shared.metrics.provenance(decision.reason);
-                let fail_mode = route.map_or(FailMode::Closed, |r| r.on_backend_failure);
-                match action_for(decision.reason, fail_mode) {
-                    Action::Pass => {
-                        ctx.outcome = Some(Outcome::Passed);
-                        Ok(false)
-                    }
-                    Action::PassFailOpen => {
-                        ctx.outcome = Some(Outcome::FailOpen);
-                        self.emit_rejection(ctx, route, &path, &decision, "pass");
-                        Ok(false)
-                    }
-                    Action::Unavailable => {
-                        ctx.outcome = Some(Outcome::Rejected);
-                        self.emit_rejection(ctx, route, &path, &decision, "reject");
-                        respond(
-                            session,
-                            503,
-                            b"{\"error\":\"unavailable\"}\n",
-                            &[("retry-after", "1")],
-                        )
-                        .await
-                    }
-                    Action::Refuse => {
-                        ctx.outcome = Some(Outcome::Rejected);
-                        if decision.reason != Reason::Missing {
-                            self.emit_rejection(ctx, route, &path, &decision, "reject");
-                        }
-                        let status = route.map_or(401, |r| r.reject_status);
-                        let extra: &[(&str, &str)] = if status == 401 {
-                            &[("www-authenticate", "Bearer error=\"invalid_token\"")]
-                        } else {
-                            &[]
-                        };
-                        respond(session, status, b"{\"error\":\"invalid_token\"}\n", extra).await
-                    }
+                    let status = route.map_or(401, |r| r.reject_status);
+                    let extra: &[(&str, &str)] = if status == 401 {
+                        &[("www-authenticate", "Bearer error=\"invalid_token\"")]
+                    } else {
+                        &[]
+                    };
+                    return respond(session, status, b"{\"error\":\"invalid_token\"}\n", extra)
+                        .await;
                 }
             }
-            RouteClass::Issuance | RouteClass::Open => {
-                ctx.outcome = Some(Outcome::Passed);
+        }
+        ctx.tags = verdict.tags;
+        if !ctx.tags.is_empty() {
+            self.shared.metrics.decision(DecisionKind::Tag);
+        }
+        let refuse = |ctx: &mut Ctx| ctx.outcome = Some(Outcome::Rejected);
+        match verdict.decision {
+            RuleDecision::Pass => {
+                if ctx.outcome.is_none() {
+                    ctx.outcome = Some(Outcome::Passed);
+                }
                 Ok(false)
             }
-        };
-        ctx.settings = Some(settings);
+            RuleDecision::RateLimit { retry_after_s } => {
+                refuse(ctx);
+                self.shared.metrics.decision(DecisionKind::RateLimit);
+                let retry = retry_after_s.to_string();
+                respond(
+                    session,
+                    429,
+                    b"{\"error\":\"rate_limited\"}\n",
+                    &[("retry-after", &retry)],
+                )
+                .await
+            }
+            RuleDecision::Block => {
+                refuse(ctx);
+                self.shared.metrics.decision(DecisionKind::Block);
+                respond(session, 403, b"{\"error\":\"forbidden\"}\n", &[]).await
+            }
+            RuleDecision::Banned { .. } => {
+                refuse(ctx);
+                self.shared.metrics.decision(DecisionKind::Ban);
+                respond(session, 403, b"{\"error\":\"forbidden\"}\n", &[]).await
+            }
+            RuleDecision::RevokeToken => {
+                refuse(ctx);
+                self.shared.metrics.decision(DecisionKind::RevokeToken);
+                if let Some(v) = &verified {
+                    self.revoke_in_background(
+                        v,
+                        verdict.decided_by.as_deref().unwrap_or(""),
+                        &path,
+                        client_ip,
+                    );
+                }
+                respond(
+                    session,
+                    401,
+                    b"{\"error\":\"invalid_token\"}\n",
+                    &[("www-authenticate", "Bearer error=\"invalid_token\"")],
+                )
+                .await
+            }
+        }
+    }
+
+    /// Metrics for every hit; an event when a rule crosses its threshold or places a ban.
+    fn observe_rules(&self, v: &Verdict, ctx: &Ctx, path: &str, verified: Option<&Verified>) {
+        for hit in &v.hits {
+            self.shared.metrics.rule_hit(&hit.rule, hit.mode.as_str());
+            if !(hit.crossed || hit.ban_placed) {
+                continue;
+            }
+            let mut e = Event::new(if hit.ban_placed {
+                "ban_placed"
+            } else {
+                "rule_fired"
+            });
+            e.rule = Some(hit.rule.to_string());
+            e.action = Some(match hit.mode {
+                Mode::Enforce => hit.action.as_str(),
+                Mode::Shadow => "shadow",
+            });
+            e.key = hit.key.clone();
+            e.client_ip = ctx.client_ip.map(|i| i.to_string());
+            if let Some(v) = verified {
+                e.account = Some(v.account.to_string());
+                e.token_hash = Some(token_hash(&v.id));
+            }
+            e.path = Some(path.to_owned());
+            e.detail = Some(format!(
+                "estimate {:.0} over threshold {}",
+                hit.estimate, hit.threshold
+            ));
+            self.shared.events.emit(&e);
+        }
+    }
+
+    fn revoke_in_background(&self, v: &Verified, rule: &str, path: &str, client_ip: IpAddr) {
+        let shared = Arc::clone(&self.shared);
+        let id = v.id;
+        let mut e = Event::new("token_revoked");
+        e.rule = Some(rule.to_owned());
+        e.action = Some("revoke_token");
+        e.client_ip = Some(client_ip.to_string());
+        e.account = Some(v.account.to_string());
+        e.token_hash = Some(token_hash(&id));
+        e.path = Some(path.to_owned());
+        tokio::spawn(async move {
+            let timeout = shared
+                .settings
+                .load()
+                .ledger
+                .timeout
+                .max(Duration::from_secs(2));
+            match tokio::time::timeout(timeout, shared.ledger.revoke(Revocation::Token(id))).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => e.detail = Some(format!("revocation failed: {err}")),
+                Err(_) => e.detail = Some(format!("revocation took longer than {timeout:?}")),
+            }
+            shared.events.emit(&e);
+        });
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for WardenProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let started = Instant::now();
+        let result = self.filter(session, ctx).await;
         self.shared
             .metrics
             .filter_seconds
@@ -427,6 +588,12 @@ impl ProxyHttp for WardenProxy {
             req.append_header("x-forwarded-for", ip.to_string())?;
         }
         if let Some(s) = &ctx.settings {
+            // The tag header is warden's to set: a client's own copy is dropped.
+            req.remove_header(s.rules.tag_header.as_str());
+            if !ctx.tags.is_empty() {
+                let value = ctx.tags.iter().map(|t| &**t).collect::<Vec<_>>().join(",");
+                req.insert_header(s.rules.tag_header.clone(), value)?;
+            }
             if let Some(host) = &s.upstream.host_header {
                 req.insert_header("host", host.as_str())?;
             }

@@ -33,7 +33,7 @@ enum Command {
         #[arg(short, long)]
         upgrade: bool,
     },
-    /// Check configuration files; print every problem with file:line:column.
+    /// Check configuration and rule files; print every problem with file:line:column.
     Check {
         /// Files to check.
         #[arg(required = true)]
@@ -95,12 +95,12 @@ fn main() -> ExitCode {
 fn check(files: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for f in files {
-        match warden_config::load(f) {
-            Ok(loaded) => {
-                for w in &loaded.warnings {
+        match warden_config::check_file(f) {
+            Ok(warnings) => {
+                for w in &warnings {
                     eprintln!("{w}");
                 }
-                println!("{}: ok ({} warnings)", f.display(), loaded.warnings.len());
+                println!("{}: ok ({} warnings)", f.display(), warnings.len());
             }
             Err(diags) => {
                 failed = true;

@@ -50,6 +50,9 @@ impl Control for ControlImpl {
     fn now(&self) -> u64 {
         unix_now()
     }
+    fn engine(&self) -> &warden_detect::Engine {
+        &self.0.engine
+    }
 }
 
 /// Loads the configuration, printing every diagnostic; `None` if it has errors.

@@ -151,6 +151,11 @@ impl ServeHttp for DemoUpstream {
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let tag = headers
+            .headers
+            .get("x-warden-tag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if let Some(section) = path.strip_prefix("/account/") {
             let account = subject(session).unwrap_or_default();
             let data = match section {
@@ -162,13 +167,13 @@ impl ServeHttp for DemoUpstream {
             };
             return reply(
                 StatusCode::OK,
-                &json!({"account": account, "section": section, "data": data, "x_forwarded_for": forwarded_for}),
+                &json!({"account": account, "section": section, "data": data, "x_forwarded_for": forwarded_for, "x_warden_tag": tag}),
                 None,
             );
         }
         reply(
             StatusCode::OK,
-            &json!({"path": path, "x_forwarded_for": forwarded_for}),
+            &json!({"path": path, "x_forwarded_for": forwarded_for, "x_warden_tag": tag}),
             None,
         )
     }
