@@ -11,6 +11,9 @@ use warden_core::ledger::Ledger as _;
 use crate::run::{load_config, open_ledger, serve, verifier};
 use crate::upstream::{random_jti, DemoUpstream};
 
+/// The default rule pack, as shipped in `deploy/rules/`.
+const DEFAULT_RULES: &str = include_str!("../../../deploy/rules/default.toml");
+
 fn config_text(listen: &str, admin: &str, upstream: &str, dir: &std::path::Path) -> String {
     format!(
         r#"# Written by `warden demo`. Sample keys: never use them in production.
@@ -49,6 +52,10 @@ retired_at = "2025-01-01T00:00:00Z"
 [ledger]
 path = "ledger.redb"
 
+# The default behaviour rule pack (a copy of deploy/rules/default.toml).
+[rules]
+files = ["rules/default.toml"]
+
 # Logins pass through warden, which records the token in the response.
 [[routes]]
 name = "login"
@@ -72,6 +79,8 @@ pub fn main(listen: &str, admin: &str, upstream: &str, dir: Option<PathBuf>) -> 
     });
     let setup = || -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir.join("keys"))?;
+        std::fs::create_dir_all(dir.join("rules"))?;
+        std::fs::write(dir.join("rules/default.toml"), DEFAULT_RULES)?;
         std::fs::write(dir.join("keys/login-2026.pub"), RS256_A_PUB)?;
         std::fs::write(dir.join("keys/login-2024.pub"), RS256_B_PUB)?;
         std::fs::write(dir.join("admin.token"), format!("{}\n", random_jti()))?;
@@ -143,6 +152,14 @@ A token from the departed engineer's retired key, minted today (carol) — refus
 Log in through warden; the token in the response is recorded and works at once:
   T=$(curl -s -XPOST http://{listen}/login -d '{{"account":"dave"}}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
   curl -i http://{listen}/account/orders -H "Authorization: Bearer $T"
+
+A scraper with genuinely issued tokens for 25 accounts, from one address: the default
+pack's accounts-per-ip rule bans the address after 20 accounts (200 x20, then 403):
+  for i in $(seq 1 25); do T=$(curl -s -XPOST http://{listen}/login -d "{{\"account\":\"user$i\"}}" | sed 's/.*"access_token":"\([^"]*\)".*/\1/'); curl -s -o /dev/null -w '%{{http_code}} ' http://{listen}/account/addresses -H "Authorization: Bearer $T"; done; echo
+  curl -s http://{admin}/decisions -H 'Authorization: Bearer {admin_token}'
+(Every curl here comes from 127.0.0.1: lift the ban with
+  curl -s -XDELETE http://{admin}/decisions/ID -H 'Authorization: Bearer {admin_token}'
+before trying the rest.)
 
 Revoke every token of alice, then watch her token fail:
   curl -s -XPOST http://{admin}/ledger/revoke -H 'Authorization: Bearer {admin_token}' -d '{{"account":"alice"}}'

@@ -88,3 +88,32 @@ fn the_reference_configuration_is_valid_and_warns_of_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_default_rule_pack_checks_clean_and_a_bad_rule_file_is_reported() {
+    let pack = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/rules/default.toml"
+    );
+    let out = warden().args(["check", pack]).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (0 warnings)"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("rules.toml");
+    std::fs::write(&bad, "[[rules]]\nname = \"r\"\nkey = [\"ip\"]\nwindow = \"1h\"\nthreshold = 3\naction = \"ban\"\n").expect("write");
+    let out = warden().arg("check").arg(&bad).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:6:10: error: rule \"r\": action = \"ban\" needs ban_for",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+}
