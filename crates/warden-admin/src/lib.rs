@@ -15,6 +15,7 @@
 //! | GET | `/decisions` | yes | bans in force |
 //! | POST | `/decisions` | yes | ban by hand: `{"field": "ip"\|"account"\|"token", "value": ..., "ttl": "1h"}` |
 //! | DELETE | `/decisions/{id}` | yes | lift a ban |
+//! | GET | `/rules` | yes | rules in force, with their worst keys (top offenders) |
 //!
 //! "auth" means `Authorization: Bearer <token>`, the token read from `admin.token_file`,
 //! compared in constant time. Without a token file those endpoints answer 403. A failed
@@ -37,7 +38,7 @@ use warden_core::ingest::record_from_json;
 use warden_core::ledger::{Ledger, RecordView, Revocation, TokenId};
 use warden_core::verify::Verifier;
 use warden_detect::Engine;
-use warden_metrics::{Metrics, Source};
+use warden_metrics::{Event, Events, Metrics, Source};
 use warden_rules::Field;
 
 /// Largest request body the admin API reads.
@@ -65,6 +66,8 @@ pub trait Control: Send + Sync + 'static {
     fn now(&self) -> u64;
     /// The behaviour engine (bans).
     fn engine(&self) -> &Engine;
+    /// The event sink (bans placed and lifted by hand).
+    fn events(&self) -> &Events;
 }
 
 /// The admin HTTP application.
@@ -317,7 +320,18 @@ impl AdminApp {
             .engine()
             .ban_manual(&field, value, now_ms, until_ms)
         {
-            Ok(id) => reply(StatusCode::OK, &json!({"id": id, "until_ms": until_ms})),
+            Ok(id) => {
+                let mut e = Event::new("ban_placed");
+                e.rule = Some("manual".into());
+                e.action = Some("ban");
+                e.key = Some(format!("{}={value}", field.name()));
+                e.detail = Some(format!(
+                    "placed through the admin API for {}",
+                    humantime::format_duration(ttl)
+                ));
+                self.control.events().emit(&e);
+                reply(StatusCode::OK, &json!({"id": id, "until_ms": until_ms}))
+            }
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         }
     }
@@ -376,7 +390,7 @@ impl AdminApp {
             (
                 &Method::POST,
                 "/reload" | "/ledger/records" | "/ledger/revoke" | "/decisions"
-            ) | (&Method::GET, "/ledger/lookup" | "/decisions")
+            ) | (&Method::GET, "/ledger/lookup" | "/decisions" | "/rules")
         ) || (method == Method::GET && path.starts_with("/ledger/records/"))
             || (method == Method::DELETE && path.starts_with("/decisions/"));
         if !known {
@@ -425,9 +439,40 @@ impl AdminApp {
                 reply(StatusCode::OK, &json!({"bans": bans}))
             }
             (&Method::POST, "/decisions") => self.ban(session).await,
+            (&Method::GET, "/rules") => {
+                let now_ms = c.now().saturating_mul(1000);
+                let rules: Vec<Value> = c
+                    .engine()
+                    .rules_info(now_ms)
+                    .into_iter()
+                    .map(|i| {
+                        let r = &i.rule;
+                        json!({
+                            "name": r.name,
+                            "description": r.description,
+                            "mode": r.mode.as_str(),
+                            "action": r.action.as_str(),
+                            "threshold": r.threshold,
+                            "window_seconds": r.window.as_secs(),
+                            "key": r.key.iter().map(warden_rules::Field::name).collect::<Vec<_>>(),
+                            "measure": match &r.measure {
+                                warden_rules::Measure::Count => "count".to_owned(),
+                                warden_rules::Measure::Distinct(f) => format!("distinct {}", f.name()),
+                            },
+                            "tracked_keys": i.tracked_keys,
+                            "top": i.top.iter().map(|o| json!({"key": o.display, "estimate": o.estimate, "last_seen_ms": o.last_ms})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                reply(StatusCode::OK, &json!({ "rules": rules }))
+            }
             (&Method::DELETE, p) if p.starts_with("/decisions/") => {
                 let id = &p["/decisions/".len()..];
                 if c.engine().lift(id) {
+                    let mut e = Event::new("ban_lifted");
+                    e.action = Some("lift");
+                    e.detail = Some(format!("ban {id} lifted through the admin API"));
+                    c.events().emit(&e);
                     reply(StatusCode::OK, &json!({"lifted": id}))
                 } else {
                     error(

@@ -148,10 +148,11 @@ struct Sections {
     routes: Vec<(raw::Route, Range<usize>)>,
     routing: raw::Routing,
     rules: raw::Rules,
+    events: raw::Events,
 }
 
 const SECTIONS: &str =
-    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules";
+    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules, events";
 
 struct Compiler<'a> {
     sink: Sink<'a>,
@@ -216,6 +217,7 @@ impl Compiler<'_> {
                 "jwks" => self.sections.jwks = self.de("jwks", value),
                 "ledger" => self.sections.ledger = self.de("ledger", value),
                 "routing" => self.sections.routing = self.de("routing", value),
+                "events" => self.sections.events = self.de("events", value),
                 "rules" if value.get_ref().is_table() => self.sections.rules = self.de("rules", value),
                 "rules" => self.sink.error(
                     key.span(),
@@ -241,6 +243,7 @@ impl Compiler<'_> {
         let ledger = self.ledger();
         let routes = self.routes();
         let rules = self.rules();
+        let events = self.events();
         Some(Config {
             source: path.to_owned(),
             server,
@@ -253,7 +256,55 @@ impl Compiler<'_> {
             ledger,
             routes,
             rules,
+            events,
         })
+    }
+
+    fn events(&mut self) -> EventSettings {
+        let e = std::mem::take(&mut self.sections.events);
+        let file = e
+            .file
+            .as_ref()
+            .filter(|f| f.get_ref() != "-")
+            .map(|f| self.path(f.get_ref()));
+        let webhook = e.webhook.as_ref().and_then(|w| {
+            let url = w.get_ref();
+            let ok = url
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            if ok {
+                Some(url.clone())
+            } else {
+                self.sink.error(
+                    w.span(),
+                    format!("events.webhook = {url:?} must be an http:// URL (send it through a local TLS-terminating forwarder for https)"),
+                );
+                None
+            }
+        });
+        EventSettings {
+            file,
+            queue: self.count("events.queue", &e.queue, 65_536, 1..10_000_001),
+            webhook,
+            webhook_queue: self.count(
+                "events.webhook_queue",
+                &e.webhook_queue,
+                10_000,
+                1..10_000_001,
+            ),
+            webhook_timeout: self.duration(
+                "events.webhook_timeout",
+                &e.webhook_timeout,
+                Duration::from_secs(2),
+            ),
+            webhook_retries: u32::try_from(self.count(
+                "events.webhook_retries",
+                &e.webhook_retries,
+                5,
+                0..101,
+            ))
+            .unwrap_or(5),
+        }
     }
 
     fn rules(&mut self) -> RuleSettings {

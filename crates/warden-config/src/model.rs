@@ -34,6 +34,25 @@ pub struct Config {
     pub routes: Routes,
     /// Behaviour rules.
     pub rules: RuleSettings,
+    /// Where events go.
+    pub events: EventSettings,
+}
+
+/// Where structured events go.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// A file to append JSON lines to; `None` for standard output.
+    pub file: Option<PathBuf>,
+    /// Events waiting to be written, at most.
+    pub queue: usize,
+    /// An `http://` URL that receives batches of events as a JSON array, if set.
+    pub webhook: Option<String>,
+    /// Events waiting for the webhook, at most; beyond, the oldest are dropped.
+    pub webhook_queue: usize,
+    /// Time allowed for one delivery.
+    pub webhook_timeout: Duration,
+    /// Attempts per batch before it is dropped.
+    pub webhook_retries: u32,
 }
 
 /// Behaviour rules and the bounds of their state.

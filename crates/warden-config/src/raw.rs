@@ -147,3 +147,14 @@ pub struct Rule {
     pub mode: Option<S<String>>,
     pub priority: Option<S<i64>>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Events {
+    pub file: Option<S<String>>,
+    pub queue: Option<S<i64>>,
+    pub webhook: Option<S<String>>,
+    pub webhook_queue: Option<S<i64>>,
+    pub webhook_timeout: Option<S<String>>,
+    pub webhook_retries: Option<S<i64>>,
+}

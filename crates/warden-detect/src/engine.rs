@@ -157,6 +157,7 @@ enum Table {
 pub struct RuleState {
     fingerprint: u64,
     table: Table,
+    top: TopOffenders,
 }
 
 impl RuleState {
@@ -168,6 +169,7 @@ impl RuleState {
         Self {
             fingerprint: rule.state_fingerprint(),
             table,
+            top: TopOffenders::default(),
         }
     }
 
@@ -194,6 +196,84 @@ struct Compiled {
     name: Arc<str>,
     window_ms: u64,
     state: Arc<RuleState>,
+}
+
+/// Offenders kept per rule for the SOC.
+pub const TOP_K: usize = 32;
+
+/// A key high in a rule's measure.
+#[derive(Debug, Clone)]
+pub struct Offender {
+    key: u64,
+    /// The key, readable.
+    pub display: String,
+    /// Its highest estimate seen.
+    pub estimate: f64,
+    /// Unix milliseconds it was last seen over half the threshold.
+    pub last_ms: u64,
+}
+
+/// A rule's worst keys: a bounded "heavy hitters" list of the keys with the highest
+/// estimates, fed only by requests at or over half the rule's threshold, through a
+/// `try_lock` that skips the update rather than wait, so it never slows a request.
+/// The SOC reads it from the admin API instead of per-key metric labels.
+#[derive(Debug, Default)]
+pub struct TopOffenders(std::sync::Mutex<Vec<Offender>>);
+
+impl TopOffenders {
+    fn offer(&self, key: u64, estimate: f64, now_ms: u64, display: impl FnOnce() -> String) {
+        let Ok(mut top) = self.0.try_lock() else {
+            return;
+        };
+        if let Some(o) = top.iter_mut().find(|o| o.key == key) {
+            o.estimate = o.estimate.max(estimate);
+            o.last_ms = now_ms;
+            return;
+        }
+        let entry = |display| Offender {
+            key,
+            display,
+            estimate,
+            last_ms: now_ms,
+        };
+        if top.len() < TOP_K {
+            top.push(entry(display()));
+            return;
+        }
+        if let Some((i, min)) = top
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.estimate.total_cmp(&b.1.estimate))
+        {
+            if estimate > min.estimate {
+                top[i] = entry(display());
+            }
+        }
+    }
+
+    fn list(&self, since_ms: u64) -> Vec<Offender> {
+        let mut v: Vec<Offender> = match self.0.lock() {
+            Ok(t) => t
+                .iter()
+                .filter(|o| o.last_ms >= since_ms)
+                .cloned()
+                .collect(),
+            Err(p) => p.into_inner().clone(),
+        };
+        v.sort_by(|a, b| b.estimate.total_cmp(&a.estimate));
+        v
+    }
+}
+
+/// What the admin API shows of a rule.
+#[derive(Debug, Clone)]
+pub struct RuleInfo {
+    /// The rule.
+    pub rule: Rule,
+    /// Keys it tracks.
+    pub tracked_keys: usize,
+    /// Its worst keys seen within the last window, highest first.
+    pub top: Vec<Offender>,
 }
 
 /// The behaviour engine.
@@ -368,6 +448,11 @@ impl Engine {
                 (Table::Distinct(..), Measure::Count) => continue,
             };
             let threshold = r.threshold as f64;
+            if estimate * 2.0 >= threshold {
+                c.state
+                    .top
+                    .offer(key, estimate, f.now_ms, || describe(&r.key, f));
+            }
             if estimate <= threshold {
                 continue;
             }
@@ -580,6 +665,20 @@ impl Engine {
             .iter()
             .filter(|e| e.value().until_ms > now_ms)
             .count()
+    }
+
+    /// The rules in force with their worst keys.
+    #[must_use]
+    pub fn rules_info(&self, now_ms: u64) -> Vec<RuleInfo> {
+        self.rules
+            .load()
+            .iter()
+            .map(|c| RuleInfo {
+                rule: c.rule.clone(),
+                tracked_keys: c.state.len(),
+                top: c.state.top.list(now_ms.saturating_sub(c.window_ms)),
+            })
+            .collect()
     }
 
     /// Keys tracked over all rules.

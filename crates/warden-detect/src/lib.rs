@@ -46,7 +46,8 @@ mod engine;
 pub mod window;
 
 pub use engine::{
-    Ban, BanScope, Decision, Engine, Facts, Hit, Lookup, Nothing, SweepReport, Verdict, MANUAL,
+    Ban, BanScope, Decision, Engine, Facts, Hit, Lookup, Nothing, Offender, RuleInfo, SweepReport,
+    TopOffenders, Verdict, MANUAL, TOP_K,
 };
 
 #[cfg(test)]

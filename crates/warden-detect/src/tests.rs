@@ -555,3 +555,38 @@ fn eviction_under_a_flood_is_not_a_bypass() {
         "500 offender requests spread over 20 s stay under the rate rule"
     );
 }
+
+#[test]
+fn top_offenders_list_the_worst_keys_of_a_rule() {
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![rule(
+            "per-ip",
+            vec![Field::Ip],
+            Measure::Count,
+            60,
+            10,
+            Action::Log,
+        )],
+        64 * MIB,
+    );
+    // 50 addresses: address i sends i requests. Only those at or over half the threshold
+    // (5) are candidates; the list keeps the 32 highest.
+    for i in 1..=50u32 {
+        let ip = format!("10.0.{}.{}", i / 256, i % 256);
+        for j in 0..i {
+            let _ = eval(&e, &Req::new(&ip, "x"), T0 + u64::from(j));
+        }
+    }
+    let info = e.rules_info(T0 + 100);
+    assert_eq!(info.len(), 1);
+    let top = &info[0].top;
+    assert_eq!(top.len(), crate::TOP_K);
+    assert_eq!(top[0].display, "ip=10.0.0.50");
+    assert_eq!(top[0].estimate, 50.0);
+    assert!(top.windows(2).all(|w| w[0].estimate >= w[1].estimate));
+    assert_eq!(top.last().map(|o| o.estimate), Some(19.0));
+    assert_eq!(info[0].tracked_keys, 50);
+    // A window later, nothing is current.
+    assert!(e.rules_info(T0 + 200_000)[0].top.is_empty());
+}

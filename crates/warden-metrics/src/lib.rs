@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::SystemTime;
 
+mod webhook;
+
+pub use webhook::{WebhookConfig, WebhookCounters};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -68,6 +72,8 @@ pub struct Metrics {
     provenance: Vec<IntCounter>,
     /// Seconds spent in warden's own request filters.
     pub filter_seconds: Histogram,
+    /// Seconds from sending a request upstream to its response header.
+    pub upstream_seconds: Histogram,
     records: Vec<IntCounter>,
     /// Records that could not be stored, by source.
     record_failures: Vec<IntCounter>,
@@ -97,6 +103,8 @@ pub struct Metrics {
     pub state_bytes: IntGauge,
     /// Keys evicted to respect the state cap.
     pub state_evictions: IntCounter,
+    /// Webhook counters.
+    pub webhook: WebhookCounters,
 }
 
 /// Decision label values, indexed by [`DecisionKind`].
@@ -201,6 +209,12 @@ impl Metrics {
                 "Time spent in warden's own request filters (not the upstream).",
                 vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1, 1.0],
             ),
+            upstream_seconds: histogram(
+                &r,
+                "warden_upstream_seconds",
+                "Time from sending a request upstream to receiving its response header.",
+                vec![5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+            ),
             records: counter_vec(
                 &r,
                 "warden_ledger_records_total",
@@ -285,6 +299,15 @@ impl Metrics {
                 "warden_state_evictions_total",
                 "Keys evicted, lowest score first, to keep rule state under its cap.",
             ),
+            webhook: WebhookCounters {
+                delivered: counter(&r, "warden_webhook_batches_total", "Event batches delivered to the webhook."),
+                failed: counter(&r, "warden_webhook_failures_total", "Webhook delivery attempts that failed (each retry counts)."),
+                dropped: counter(
+                    &r,
+                    "warden_webhook_dropped_total",
+                    "Events not delivered to the webhook: queue full, or every attempt failed.",
+                ),
+            },
             registry: r,
         }
     }
@@ -432,6 +455,7 @@ pub struct Events {
     tx: SyncSender<String>,
     dropped: IntCounter,
     written: AtomicU64,
+    webhook: Option<std::sync::Arc<webhook::Queue>>,
 }
 
 impl Events {
@@ -465,7 +489,18 @@ impl Events {
             tx,
             dropped,
             written: AtomicU64::new(0),
+            webhook: None,
         })
+    }
+
+    /// Also delivers every event to a webhook.
+    pub fn with_webhook(
+        mut self,
+        cfg: WebhookConfig,
+        counters: WebhookCounters,
+    ) -> std::io::Result<Self> {
+        self.webhook = Some(webhook::start(cfg, counters)?);
+        Ok(self)
     }
 
     /// Queues an event; never blocks.
@@ -477,6 +512,9 @@ impl Events {
                 return;
             }
         };
+        if let Some(w) = &self.webhook {
+            w.push(line.clone());
+        }
         match self.tx.try_send(line) {
             Ok(()) => {
                 self.written.fetch_add(1, Ordering::Relaxed);

@@ -38,6 +38,7 @@ pub struct Ctx {
     settings: Option<Arc<Settings>>,
     capture_body: Option<Vec<u8>>,
     tags: Vec<Arc<str>>,
+    upstream_sent: Option<Instant>,
 }
 
 /// Warden's proxy.
@@ -584,6 +585,7 @@ impl ProxyHttp for WardenProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.upstream_sent = Some(Instant::now());
         if let Some(ip) = ctx.client_ip {
             req.append_header("x-forwarded-for", ip.to_string())?;
         }
@@ -615,6 +617,12 @@ impl ProxyHttp for WardenProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(sent) = ctx.upstream_sent.take() {
+            self.shared
+                .metrics
+                .upstream_seconds
+                .observe(sent.elapsed().as_secs_f64());
+        }
         let Some(settings) = ctx.settings.clone() else {
             return Ok(());
         };

@@ -18,7 +18,7 @@ use warden_core::keys::KeyRegistry;
 use warden_core::ledger::Ledger;
 use warden_core::verify::Verifier;
 use warden_ledger_redb::EmbeddedLedger;
-use warden_metrics::{Events, Metrics};
+use warden_metrics::{Events, Metrics, WebhookConfig};
 use warden_proxy::{unix_now, Maintenance, Shared, WardenProxy};
 
 /// Extra services a caller (the demo) adds to the same server.
@@ -52,6 +52,9 @@ impl Control for ControlImpl {
     }
     fn engine(&self) -> &warden_detect::Engine {
         &self.0.engine
+    }
+    fn events(&self) -> &Events {
+        &self.0.events
     }
 }
 
@@ -124,7 +127,21 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let events = match Events::start(None, 65_536, metrics.events_dropped.clone()) {
+    let ev = &config.events;
+    let events = Events::start(ev.file.as_deref(), ev.queue, metrics.events_dropped.clone())
+        .and_then(|e| match &ev.webhook {
+            Some(url) => e.with_webhook(
+                WebhookConfig {
+                    url: url.clone(),
+                    queue: ev.webhook_queue,
+                    timeout: ev.webhook_timeout,
+                    retries: ev.webhook_retries,
+                },
+                metrics.webhook.clone(),
+            ),
+            None => Ok(e),
+        });
+    let events = match events {
         Ok(e) => Arc::new(e),
         Err(e) => return fail("events", &e),
     };
