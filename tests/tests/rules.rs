@@ -183,6 +183,14 @@ threshold = 1
 action = "block"
 
 [[rules]]
+name = "watch-orders"
+paths = ["/account/orders"]
+key = ["account"]
+window = "1m"
+threshold = 2
+action = "log"
+
+[[rules]]
 name = "step-up"
 paths = ["/account/settings"]
 key = ["account"]
@@ -249,6 +257,21 @@ action = "tag"
     );
     assert_eq!(w.metric("warden_decisions_total{action=\"block\"}"), 1.0);
     assert_eq!(w.metric("warden_decisions_total{action=\"tag\"}"), 1.0);
+    // The log rule only logs: once, when its threshold is crossed, with the key.
+    let logged: Vec<_> = wait_for(Duration::from_secs(2), || {
+        let e: Vec<_> = w
+            .events()
+            .into_iter()
+            .filter(|e| e["rule"] == "watch-orders")
+            .collect();
+        (!e.is_empty()).then_some(e)
+    })
+    .expect("log rule event");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["type"], "rule_fired");
+    assert_eq!(logged[0]["action"], "log");
+    assert_eq!(logged[0]["key"], "account=alice");
+    assert_eq!(hits(&w, "watch-orders", "enforce"), 2.0);
 }
 
 #[test]

@@ -931,21 +931,23 @@ fn condition(c: &Condition, f: &Facts<'_>) -> bool {
         Field::Token => f.token.is_some(),
         other => text_field(other, f).is_some(),
     };
-    let value = |field: &Field| -> Option<String> {
+    // Text fields compare in place; addresses and token ids are formatted (rare in
+    // conditions, and only when a rule has such a condition).
+    let test = |field: &Field, pred: &dyn Fn(&str) -> bool| -> bool {
         match field {
-            Field::Ip => Some(f.ip.to_string()),
+            Field::Ip => pred(&f.ip.to_string()),
             Field::IpPrefix { v4, v6 } => {
                 let (net, len) = masked(f.ip, *v4, *v6);
-                Some(format!("{net}/{len}"))
+                pred(&format!("{net}/{len}"))
             }
-            Field::Token => f.token.map(TokenId::to_hex),
-            other => text_field(other, f).map(str::to_owned),
+            Field::Token => f.token.is_some_and(|t| pred(&t.to_hex())),
+            other => text_field(other, f).is_some_and(pred),
         }
     };
     match c {
         Condition::Present(field) => present(field),
         Condition::Absent(field) => !present(field),
-        Condition::Equals(field, v) => value(field).is_some_and(|x| &x == v),
-        Condition::Prefix(field, v) => value(field).is_some_and(|x| x.starts_with(v.as_str())),
+        Condition::Equals(field, v) => test(field, &|x| x == v),
+        Condition::Prefix(field, v) => test(field, &|x| x.starts_with(v.as_str())),
     }
 }

@@ -359,10 +359,7 @@ impl WardenProxy {
                     reason: Reason::Malformed,
                     checked: None,
                 },
-                Found::One(token) => {
-                    let token = token.to_owned();
-                    decide(&self.shared, &token, &settings).await
-                }
+                Found::One(token) => decide(&self.shared, token, &settings).await,
             };
             self.shared.metrics.provenance(decision.reason);
             Some(decision)

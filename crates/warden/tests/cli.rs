@@ -117,3 +117,75 @@ fn the_default_rule_pack_checks_clean_and_a_bad_rule_file_is_reported() {
         "{stderr}"
     );
 }
+
+#[test]
+fn ledger_import_records_good_lines_and_reports_bad_ones_by_line() {
+    use warden_core::fixtures::{mint, SampleKey, RS256_A_PUB};
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.pub"), RS256_A_PUB).expect("write key");
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        "[upstream]\npeers = [\"127.0.0.1:9\"]\n[[keys]]\nkid = \"k\"\nalg = \"RS256\"\npem_file = \"a.pub\"\n[ledger]\npath = \"ledger.redb\"\n[[routes]]\nname = \"a\"\nclass = \"protected\"\npaths = [\"/a/*\"]\n",
+    )
+    .expect("write config");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let tok = mint(
+        SampleKey::RsA,
+        "k",
+        &serde_json::json!({"sub": "alice", "jti": "imp-1", "iat": now, "exp": now + 600}),
+    )
+    .expect("mint");
+    let lines = [
+        serde_json::json!({"token": tok}).to_string(),
+        String::new(),
+        serde_json::json!({"jti": "imp-2", "account": "bob", "issued_at": now, "expires_at": now + 600, "kid": "k"}).to_string(),
+        "{not json".to_owned(),
+        serde_json::json!({"jti": "imp-3", "account": "carol"}).to_string(),
+    ];
+    let file = dir.path().join("issued.jsonl");
+    std::fs::write(&file, lines.join("\n")).expect("write jsonl");
+    let out = warden()
+        .args(["ledger", "import", "--config"])
+        .arg(&config)
+        .arg(&file)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 records, 2 lines refused"));
+    let f = file.display();
+    assert!(
+        stderr.contains(&format!("{f}:4: not a ledger record")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{f}:5: not a ledger record: missing field \"issued_at\""
+        )),
+        "{stderr}"
+    );
+    let out = warden()
+        .args(["ledger", "stats", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("entries 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = warden()
+        .args(["ledger", "revoke", "--account", "bob", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
