@@ -462,7 +462,7 @@ impl Compiler<'_> {
 
     fn admin(&mut self) -> Admin {
         let a = std::mem::take(&mut self.sections.admin);
-        let default = SocketAddr::from(([127, 0, 0, 1], 9090));
+        let default = SocketAddr::from(([127, 0, 0, 1], 9901));
         let listen = a
             .listen
             .as_ref()

@@ -34,7 +34,7 @@ use warden_core::Reason;
 /// Route class label values, indexed by [`ClassIdx`].
 pub const CLASSES: [&str; 3] = ["protected", "issuance", "open"];
 /// Request outcome label values, indexed by [`Outcome`].
-pub const OUTCOMES: [&str; 4] = ["passed", "rejected", "fail_open", "bad_request"];
+pub const OUTCOMES: [&str; 5] = ["passed", "rejected", "fail_open", "bad_request", "unavailable"];
 /// Ledger record sources.
 pub const SOURCES: [&str; 3] = ["admin", "inline", "import"];
 
@@ -52,6 +52,8 @@ pub enum Outcome {
     FailOpen = 2,
     /// Refused as an ambiguous or invalid request.
     BadRequest = 3,
+    /// Refused with 503 because the ledger could not answer (fail-closed route).
+    Unavailable = 4,
 }
 
 /// Where a ledger record came from.
@@ -68,7 +70,7 @@ pub enum Source {
 /// All of warden's metrics.
 pub struct Metrics {
     registry: Registry,
-    requests: Vec<[IntCounter; 4]>,
+    requests: Vec<[IntCounter; 5]>,
     provenance: Vec<IntCounter>,
     /// Seconds spent in warden's own request filters.
     pub filter_seconds: Histogram,
@@ -191,7 +193,7 @@ impl Metrics {
         register(&r, "warden_requests_total", Box::new(req.clone()));
         let requests = CLASSES
             .iter()
-            .map(|c| [0, 1, 2, 3].map(|o| req.with_label_values(&[c, OUTCOMES[o]])))
+            .map(|c| [0, 1, 2, 3, 4].map(|o| req.with_label_values(&[c, OUTCOMES[o]])))
             .collect();
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         Self {

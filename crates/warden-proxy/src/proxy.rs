@@ -401,7 +401,7 @@ impl WardenProxy {
                     self.emit_rejection(ctx, route, &path, decision, "pass");
                 }
                 Action::Unavailable => {
-                    ctx.outcome = Some(Outcome::Rejected);
+                    ctx.outcome = Some(Outcome::Unavailable);
                     self.emit_rejection(ctx, route, &path, decision, "reject");
                     return respond(
                         session,

@@ -50,7 +50,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
         /// Admin listen address.
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
         /// Demo upstream listen address.
         #[arg(long, default_value = "127.0.0.1:8081")]
