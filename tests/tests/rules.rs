@@ -404,3 +404,37 @@ fn legitimate_users_under_the_default_pack_are_never_blocked() {
     let text = warden_e2e::request(w.admin, "GET", "/metrics", &[], b"").text();
     assert!(text.contains("rule=\"accounts-per-ip-week\""));
 }
+
+#[test]
+fn rules_can_key_on_a_token_claim() {
+    let up = Upstream::start(kid::ACTIVE);
+    let w = Warden::start_with_rules(
+        &up,
+        r#"[[rules]]
+name = "per-tenant"
+classes = ["protected"]
+key = ["claim:tenant"]
+window = "1m"
+threshold = 2
+action = "block"
+"#,
+        "",
+    );
+    let t = now() - 5;
+    let mint = |sub: &str, tenant: &str| {
+        let tok = warden_core::fixtures::mint(
+            SampleKey::Hs,
+            kid::HS,
+            &json!({"sub": sub, "jti": format!("{sub}-{tenant}"), "iat": t, "exp": t + 600, "tenant": tenant}),
+        )
+        .expect("mint");
+        w.record(&tok);
+        tok
+    };
+    let (a, b, c) = (mint("a", "acme"), mint("b", "acme"), mint("c", "acme"));
+    let other = mint("d", "globex");
+    assert_eq!(w.get_from("127.0.0.60", "/account/x", &a).status, 200);
+    assert_eq!(w.get_from("127.0.0.61", "/account/x", &b).status, 200);
+    assert_eq!(w.get_from("127.0.0.62", "/account/x", &c).status, 403, "third request of tenant acme");
+    assert_eq!(w.get_from("127.0.0.62", "/account/x", &other).status, 200);
+}

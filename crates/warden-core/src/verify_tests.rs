@@ -259,3 +259,43 @@ fn token_without_jti_is_identified_by_digest() {
     let c = v.verify(&t, NOW).expect("verifies");
     assert_eq!(c.verified.id, TokenId::from_token(&t));
 }
+
+#[test]
+fn only_the_claims_rules_use_are_kept_and_a_change_empties_the_cache() {
+    let v = verifier();
+    let claims = json!({"sub": "a", "jti": "kc", "exp": NOW + 60, "tenant": "acme", "role": "admin", "n": 7});
+    let t = mint(SampleKey::RsA, "rs", &claims).expect("mint");
+    let c = v.verify(&t, NOW).expect("verifies");
+    assert!(c.verified.claims.is_empty());
+    v.remember(&c);
+    assert_eq!(v.cache_len(), 1);
+    v.keep_claims(vec!["tenant".into(), "n".into()]);
+    assert_eq!(v.cache_len(), 0, "a new claim set empties the cache");
+    let c = v.verify(&t, NOW).expect("verifies");
+    assert_eq!(c.verified.claim("tenant"), Some("acme"));
+    assert_eq!(c.verified.claim("n"), Some("7"));
+    assert_eq!(c.verified.claim("role"), None);
+    v.remember(&c);
+    v.keep_claims(vec!["tenant".into(), "n".into()]);
+    assert_eq!(v.cache_len(), 1, "the same set keeps the cache");
+}
+
+#[test]
+fn a_full_cache_loses_about_half_not_everything() {
+    let v = Verifier::new(
+        registry(),
+        Policy {
+            cache_capacity: 100,
+            ..Policy::default()
+        },
+    );
+    for i in 0..100 {
+        let t = mint(SampleKey::Hs, "hs", &json!({"sub": "a", "jti": format!("f{i}"), "exp": NOW + 600})).expect("mint");
+        let c = v.verify(&t, NOW).expect("verifies");
+        v.remember(&c);
+    }
+    assert_eq!(v.cache_len(), 100);
+    let dropped = v.sweep_cache(NOW);
+    assert!((20..=80).contains(&dropped), "{dropped}");
+    assert_eq!(v.cache_len(), 100 - dropped);
+}

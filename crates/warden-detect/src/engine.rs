@@ -148,8 +148,8 @@ pub const MANUAL: BanScope = 0;
 
 #[derive(Debug)]
 enum Table {
-    Count(DashMap<u64, SlidingCount>),
-    Distinct(DashMap<u64, DistinctSet>, AtomicIsize),
+    Count(StateMap<SlidingCount>),
+    Distinct(StateMap<DistinctSet>, AtomicIsize),
 }
 
 /// One rule's state; kept across reloads while the rule's state fingerprint is unchanged.
@@ -163,8 +163,8 @@ pub struct RuleState {
 impl RuleState {
     fn new(rule: &Rule) -> Self {
         let table = match rule.measure {
-            Measure::Count => Table::Count(DashMap::new()),
-            Measure::Distinct(_) => Table::Distinct(DashMap::new(), AtomicIsize::new(0)),
+            Measure::Count => Table::Count(StateMap::default()),
+            Measure::Distinct(_) => Table::Distinct(StateMap::default(), AtomicIsize::new(0)),
         };
         Self {
             fingerprint: rule.state_fingerprint(),
@@ -406,12 +406,13 @@ impl Engine {
             }
         }
         let rules = self.rules.load();
+        let mut memo = Memo::default();
         for c in rules.iter() {
             let r = &c.rule;
             if !matches(r, f) {
                 continue;
             }
-            let Some(key) = self.hash_fields(&r.key, f) else {
+            let Some(key) = self.key_of(&r.key, f, &mut memo) else {
                 continue;
             };
             let enforce = r.mode == Mode::Enforce;
@@ -433,7 +434,7 @@ impl Engine {
             let estimate = match (&c.state.table, &r.measure) {
                 (Table::Count(m), _) => m.entry(key).or_default().add(f.now_ms, c.window_ms),
                 (Table::Distinct(m, heap), Measure::Distinct(field)) => {
-                    let Some(fp) = self.hash_fields(std::slice::from_ref(field), f) else {
+                    let Some(fp) = self.field_hash(field, f, &mut memo) else {
                         continue;
                     };
                     let (est, delta) =
@@ -803,16 +804,81 @@ impl Engine {
     }
 
     fn hash_fields(&self, fields: &[Field], f: &Facts<'_>) -> Option<u64> {
-        let mut h = self.hasher();
-        for (i, field) in fields.iter().enumerate() {
-            h.write_u8(i as u8);
-            if !write_field(&mut h, field, f) {
-                return None;
-            }
+        self.key_of(fields, f, &mut Memo::default())
+    }
+
+    /// The keyed hash of one field's value, computed once per request.
+    fn field_hash<'r>(&self, field: &'r Field, f: &Facts<'_>, memo: &mut Memo<'r>) -> Option<u64> {
+        if let Some(h) = memo.get(field) {
+            return h;
         }
-        Some(h.finish())
+        let mut h = self.hasher();
+        let h = write_field(&mut h, field, f).then(|| h.finish());
+        memo.put(field, h);
+        h
+    }
+
+    /// A rule's key: the field's hash for one field, a mix of them for several.
+    fn key_of<'r>(&self, fields: &'r [Field], f: &Facts<'_>, memo: &mut Memo<'r>) -> Option<u64> {
+        let mut key = 0u64;
+        for (i, field) in fields.iter().enumerate() {
+            let h = self.field_hash(field, f, memo)?;
+            key = if i == 0 {
+                h
+            } else {
+                (key.rotate_left(23) ^ h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            };
+        }
+        Some(key)
     }
 }
+
+/// Field hashes already computed for this request (rules share fields: five rules of the
+/// default pack key on the address). Fixed size, no allocation.
+#[derive(Default)]
+struct Memo<'r> {
+    len: usize,
+    slots: [Option<(&'r Field, Option<u64>)>; 8],
+}
+
+impl<'r> Memo<'r> {
+    fn get(&self, field: &Field) -> Option<Option<u64>> {
+        self.slots[..self.len]
+            .iter()
+            .flatten()
+            .find(|(f, _)| *f == field)
+            .map(|(_, h)| *h)
+    }
+
+    fn put(&mut self, field: &'r Field, h: Option<u64>) {
+        if self.len < self.slots.len() {
+            self.slots[self.len] = Some((field, h));
+            self.len += 1;
+        }
+    }
+}
+
+/// Hashes a `u64` key as itself: the state maps are keyed by SipHash outputs already,
+/// so hashing them again would only cost time.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyBuild = std::hash::BuildHasherDefault<KeyHasher>;
+type StateMap<V> = DashMap<u64, V, KeyBuild>;
 
 fn ban_id(scope: BanScope, key: u64) -> String {
     format!("{scope:016x}{key:016x}")

@@ -108,6 +108,7 @@ impl Shared {
         events: Arc<Events>,
     ) -> Self {
         metrics.config_generation.set(1);
+        verifier.keep_claims(claims_used(&config.rules.list));
         let engine = Arc::new(Engine::new(
             config.rules.max_state_bytes,
             config.rules.max_bans,
@@ -167,6 +168,7 @@ impl Shared {
                 }
                 self.verifier.swap_registry(registry);
                 let rules = &loaded.config.rules;
+                self.verifier.keep_claims(claims_used(&rules.list));
                 self.engine
                     .set_rules(rules.list.clone(), rules.max_state_bytes);
                 self.metrics
@@ -203,6 +205,17 @@ impl Shared {
             }
         }
     }
+}
+
+/// Every claim the rules read, so that verified tokens keep those and no others.
+fn claims_used(rules: &[warden_rules::Rule]) -> Vec<String> {
+    let mut all: Vec<String> = rules
+        .iter()
+        .flat_map(warden_rules::Rule::claims_used)
+        .collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// Unix milliseconds now.

@@ -267,6 +267,29 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Names of the token claims the rule reads (in its key, measure or conditions).
+    #[must_use]
+    pub fn claims_used(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |f: &Field| {
+            if let Field::Claim(c) = f {
+                if !out.contains(c) {
+                    out.push(c.clone());
+                }
+            }
+        };
+        self.key.iter().for_each(&mut add);
+        if let Measure::Distinct(f) = &self.measure {
+            add(f);
+        }
+        for c in &self.matcher.conditions {
+            match c {
+                Condition::Equals(f, _) | Condition::Prefix(f, _) | Condition::Present(f) | Condition::Absent(f) => add(f),
+            }
+        }
+        out
+    }
+
     /// Identity of the rule's state: name, key, measure and window. Rules whose
     /// fingerprint survives a reload keep their counters and bans; a changed threshold,
     /// action or mode keeps them too.

@@ -1,0 +1,155 @@
+//! The behaviour engine per request, with the default rule pack, against naive baselines.
+//!
+//! `cargo bench -p warden-benches --bench rules`
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Mutex;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dashmap::DashMap;
+use warden_core::ledger::TokenId;
+use warden_detect::window::SlidingCount;
+use warden_detect::{Engine, Facts, Nothing};
+use warden_rules::{RouteClass, Rule};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn default_pack() -> Vec<Rule> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/default.toml");
+    let (rules, diags) = warden_config::rules::load_rule_file(&path);
+    assert!(diags.is_empty(), "{diags:?}");
+    rules.into_iter().map(|l| l.rule).collect()
+}
+
+struct User {
+    ip: IpAddr,
+    account: String,
+    token: TokenId,
+}
+
+fn users(n: u32) -> Vec<User> {
+    (0..n)
+        .map(|i| User {
+            ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+            account: format!("user-{i}"),
+            token: TokenId::from_jti(&format!("jti-{i}")),
+        })
+        .collect()
+}
+
+fn facts<'a>(u: &'a User, path: &'a str, now_ms: u64) -> Facts<'a> {
+    Facts {
+        now_ms,
+        class: RouteClass::Protected,
+        route: Some("account"),
+        method: "GET",
+        path,
+        ip: u.ip,
+        account: Some(&u.account),
+        token: Some(&u.token),
+        headers: &Nothing,
+        claims: &Nothing,
+    }
+}
+
+fn engine(c: &mut Criterion) {
+    let pack = default_pack();
+    let mut g = c.benchmark_group("rules/default_pack");
+    // Users browsing: every request goes through all matching rules of the pack.
+    // `hot`: 1 000 users, their state stays in the CPU caches; `cold`: 200 000 users,
+    // most lookups miss the caches, as with a large user base in production.
+    let e = Engine::new(1 << 30, 1_000_000);
+    e.set_rules(pack.clone(), 1 << 30);
+    let pages = ["/account/addresses", "/account/orders", "/account/profile"];
+    let mut now = T0;
+    for (label, n) in [("hot", 1_000u32), ("cold", 200_000)] {
+        let us = users(n);
+        for u in &us {
+            let _ = e.evaluate(&facts(u, pages[0], now));
+        }
+        let mut i = 0usize;
+        g.bench_function(format!("legit_request_{}_rules_{label}", pack.len()), |b| {
+            b.iter(|| {
+                i = i.wrapping_add(7919) % us.len();
+                now += 1;
+                black_box(e.evaluate(&facts(&us[i], pages[i % 3], now)))
+            })
+        });
+    }
+    // A scraper: one address, a new account every request (the rules fire and ban).
+    let scraper = users(1);
+    let mut n = 0u64;
+    g.bench_function("scraper_request_banned", |b| {
+        b.iter(|| {
+            n += 1;
+            let account = format!("victim-{}", n % 50_000);
+            let f = Facts {
+                account: Some(&account),
+                ..facts(&scraper[0], "/account/addresses", now)
+            };
+            black_box(e.evaluate(&f))
+        })
+    });
+    g.finish();
+}
+
+fn baselines(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rules/window");
+    const KEYS: u64 = 100_000;
+    let window = 60_000;
+    let sliding: DashMap<u64, SlidingCount> = DashMap::new();
+    let exact: Mutex<HashMap<u64, VecDeque<u64>>> = Mutex::new(HashMap::new());
+    let mut k = 0u64;
+    let mut now = T0;
+    g.bench_function("sliding_count_dashmap", |b| {
+        b.iter(|| {
+            k = (k + 7919) % KEYS;
+            now += 1;
+            black_box(sliding.entry(k).or_default().add(now, window))
+        })
+    });
+    g.bench_function("naive_exact_log_mutex_hashmap", |b| {
+        b.iter(|| {
+            k = (k + 7919) % KEYS;
+            now += 1;
+            let mut m = exact.lock().expect("lock");
+            let q = m.entry(k).or_default();
+            q.push_back(now);
+            while q.front().is_some_and(|t| *t + window <= now) {
+                q.pop_front();
+            }
+            black_box(q.len())
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("rules/distinct");
+    let sets: DashMap<u64, warden_detect::distinct::DistinctSet> = DashMap::new();
+    let naive: Mutex<HashMap<u64, HashSet<u32>>> = Mutex::new(HashMap::new());
+    let mut v = 0u32;
+    g.bench_function("distinct_set_dashmap_3_values", |b| {
+        b.iter(|| {
+            k = (k + 7919) % KEYS;
+            v = v.wrapping_add(1);
+            now += 1;
+            black_box(sets.entry(k).or_default().insert(v % 3, now, 3_600_000))
+        })
+    });
+    g.bench_function("naive_hashset_mutex_hashmap_3_values", |b| {
+        b.iter(|| {
+            k = (k + 7919) % KEYS;
+            v = v.wrapping_add(1);
+            let mut m = naive.lock().expect("lock");
+            let s = m.entry(k).or_default();
+            s.insert(v % 3);
+            black_box(s.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine, baselines);
+criterion_main!(benches);

@@ -1,0 +1,149 @@
+//! Shared helpers for the benchmarks and the memory measurement: the per-request
+//! provenance check as the proxy runs it, deterministic pseudo-random numbers (no `rand`
+//! dependency), and synthetic ledger records.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::fmt::Write as _;
+
+use warden_core::fixtures::{mint, SampleKey};
+use warden_core::ledger::{MemIndex, Query, Record, TokenId, EPOCH_BASE};
+use warden_core::verify::{reason_for, Verified, Verifier};
+use warden_core::Reason;
+
+/// The request time every benchmark uses (unix seconds, 2027-01-15).
+pub const NOW: u64 = 1_800_000_000;
+
+/// Distinct account names in the synthetic ledger: a realistic ledger holds several live
+/// tokens per account (devices, sessions).
+pub const ACCOUNTS: usize = 1 << 16;
+
+/// The per-request provenance check, in the order the proxy runs it: verify (signature
+/// skipped on a cache hit), ask the in-memory ledger index, and cache the token only if
+/// the ledger confirmed it.
+#[inline]
+pub fn provenance(verifier: &Verifier, index: &MemIndex, token: &str, now: u64) -> Reason {
+    let checked = match verifier.verify(token, now) {
+        Ok(c) => c,
+        Err(reason) => return reason,
+    };
+    let v = &checked.verified;
+    let query = Query {
+        id: v.id,
+        account: &v.account,
+        kid: &v.kid,
+        issued_at: v.issued_at,
+    };
+    let reason = reason_for(index.answer(&query));
+    if reason == Reason::Ok {
+        verifier.remember(&checked);
+    }
+    reason
+}
+
+/// The claims of sample token `j` of a series `tag`: those of a typical session token
+/// (account, id, times, issuer, audience), valid from a minute before [`NOW`] for an hour.
+#[must_use]
+pub fn sample_claims(tag: &str, j: usize) -> serde_json::Value {
+    serde_json::json!({
+        "sub": format!("bench-{tag}-{j}@example.com"),
+        "jti": format!("{tag}-{j}-0f3c9a1e-5b7d-4e2a-9c61-3d8b7f2a4e10"),
+        "iat": NOW - 60,
+        "exp": NOW + 3600,
+        "iss": "https://login.example.com",
+        "aud": "api",
+    })
+}
+
+/// What `verifier` keeps of a sample token signed by `key` under `kid` (which must be in
+/// its registry). Synthetic cache entries are clones of it, so that they have the shape
+/// and the size of real ones whatever fields `Verified` grows.
+#[must_use]
+pub fn sample_verified(verifier: &Verifier, key: SampleKey, kid: &str) -> Verified {
+    let token = mint(key, kid, &sample_claims("template", 0)).expect("sample key signs");
+    let checked = verifier
+        .verify(&token, NOW)
+        .expect("the sample token verifies");
+    (*checked.verified).clone()
+}
+
+/// SplitMix64: a small, fast, deterministic generator for picking keys.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator from a seed.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `bound` (`bound > 0`; the modulo bias is irrelevant here).
+    pub fn below(&mut self, bound: usize) -> usize {
+        (self.next_u64() % bound as u64) as usize
+    }
+}
+
+/// The account names of the synthetic ledger, `user-0` .. `user-{ACCOUNTS - 1}`.
+#[must_use]
+pub fn account_pool() -> Vec<String> {
+    (0..ACCOUNTS).map(|i| format!("user-{i}")).collect()
+}
+
+/// The id of synthetic record `i` (SHA-256 of a `jti`, as for a real token).
+#[must_use]
+pub fn synthetic_id(i: usize) -> TokenId {
+    let mut jti = String::with_capacity(24);
+    let _ = write!(jti, "synthetic-{i}");
+    TokenId::from_jti(&jti)
+}
+
+/// The account of synthetic record `i`, as an index into [`account_pool`].
+#[must_use]
+pub fn synthetic_account(i: usize) -> usize {
+    i % ACCOUNTS
+}
+
+/// Issue time of every synthetic record: an hour before [`NOW`], valid for a day.
+pub const SYNTHETIC_IAT: u64 = NOW - 3600;
+
+/// Synthetic record `i`.
+#[must_use]
+pub fn synthetic_record(i: usize, accounts: &[String]) -> Record {
+    Record {
+        id: synthetic_id(i),
+        account: accounts[synthetic_account(i)].clone(),
+        issued_at: SYNTHETIC_IAT,
+        expires_at: SYNTHETIC_IAT + 86_400,
+        kid: "rs-1".into(),
+    }
+}
+
+/// Inserts synthetic records `0..n` into `index`, reusing one [`Record`] so that nothing
+/// but the index stays allocated.
+pub fn fill_index(index: &MemIndex, n: usize, accounts: &[String]) {
+    fill_index_range(index, 0..n, accounts);
+}
+
+/// Inserts synthetic records `range` into `index` (see [`fill_index`]).
+pub fn fill_index_range(index: &MemIndex, range: std::ops::Range<usize>, accounts: &[String]) {
+    let mut record = synthetic_record(range.start, accounts);
+    for i in range {
+        record.id = synthetic_id(i);
+        record.account.clear();
+        record.account.push_str(&accounts[synthetic_account(i)]);
+        index.insert(&record);
+    }
+}
+
+/// Compact times must stay representable: the synthetic records are after the epoch base.
+const _: () = assert!(SYNTHETIC_IAT > EPOCH_BASE);
