@@ -435,6 +435,10 @@ action = "block"
     let other = mint("d", "globex");
     assert_eq!(w.get_from("127.0.0.60", "/account/x", &a).status, 200);
     assert_eq!(w.get_from("127.0.0.61", "/account/x", &b).status, 200);
-    assert_eq!(w.get_from("127.0.0.62", "/account/x", &c).status, 403, "third request of tenant acme");
+    assert_eq!(
+        w.get_from("127.0.0.62", "/account/x", &c).status,
+        403,
+        "third request of tenant acme"
+    );
     assert_eq!(w.get_from("127.0.0.62", "/account/x", &other).status, 200);
 }

@@ -290,7 +290,12 @@ fn a_full_cache_loses_about_half_not_everything() {
         },
     );
     for i in 0..100 {
-        let t = mint(SampleKey::Hs, "hs", &json!({"sub": "a", "jti": format!("f{i}"), "exp": NOW + 600})).expect("mint");
+        let t = mint(
+            SampleKey::Hs,
+            "hs",
+            &json!({"sub": "a", "jti": format!("f{i}"), "exp": NOW + 600}),
+        )
+        .expect("mint");
         let c = v.verify(&t, NOW).expect("verifies");
         v.remember(&c);
     }

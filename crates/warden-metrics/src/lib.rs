@@ -34,7 +34,13 @@ use warden_core::Reason;
 /// Route class label values, indexed by [`ClassIdx`].
 pub const CLASSES: [&str; 3] = ["protected", "issuance", "open"];
 /// Request outcome label values, indexed by [`Outcome`].
-pub const OUTCOMES: [&str; 5] = ["passed", "rejected", "fail_open", "bad_request", "unavailable"];
+pub const OUTCOMES: [&str; 5] = [
+    "passed",
+    "rejected",
+    "fail_open",
+    "bad_request",
+    "unavailable",
+];
 /// Ledger record sources.
 pub const SOURCES: [&str; 3] = ["admin", "inline", "import"];
 

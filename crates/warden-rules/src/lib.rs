@@ -284,7 +284,10 @@ impl Rule {
         }
         for c in &self.matcher.conditions {
             match c {
-                Condition::Equals(f, _) | Condition::Prefix(f, _) | Condition::Present(f) | Condition::Absent(f) => add(f),
+                Condition::Equals(f, _)
+                | Condition::Prefix(f, _)
+                | Condition::Present(f)
+                | Condition::Absent(f) => add(f),
             }
         }
         out
