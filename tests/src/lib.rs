@@ -35,6 +35,15 @@ pub fn warden_bin() -> PathBuf {
             // target/<profile>/deps/<test> -> target/<profile>/warden
             let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
             let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let bin = profile_dir.join("warden");
+            // `cargo test --workspace` has just built it (through the `warden` package's
+            // own integration test); rebuilding with `cargo build` would only flip the
+            // features that dev-dependencies add. Build only if a source is newer.
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+            let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+            if built.is_some_and(|b| newest(&src).is_some_and(|s| s <= b)) {
+                return bin;
+            }
             let mut cmd = Command::new(env!("CARGO"));
             cmd.args(["build", "-q", "-p", "warden"]);
             if release {
@@ -629,6 +638,23 @@ pub fn token(key: SampleKey, kid: &str, account: &str, iat: u64) -> String {
         "exp": iat + 600,
     });
     fixtures::mint(key, kid, &claims).expect("mint")
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if let Ok(m) = meta.modified() {
+                newest = Some(newest.map_or(m, |n: SystemTime| n.max(m)));
+            }
+        }
+    }
+    newest
 }
 
 #[cfg(test)]
