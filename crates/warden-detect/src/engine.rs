@@ -287,7 +287,7 @@ pub struct Engine {
 }
 
 /// What a sweep did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct SweepReport {
     /// Keys dropped because nothing was left in their window.
     pub idle: usize,
@@ -295,6 +295,8 @@ pub struct SweepReport {
     pub evicted: usize,
     /// Bans that ended.
     pub bans_expired: usize,
+    /// The bans that ended, for their events.
+    pub ended: Vec<Ban>,
 }
 
 fn manual_name() -> Arc<str> {
@@ -698,9 +700,14 @@ impl Engine {
     /// is over its cap. Call it periodically (the proxy does every 100 ms).
     pub fn sweep(&self, now_ms: u64) -> SweepReport {
         let mut report = SweepReport::default();
-        let before = self.bans.len();
-        self.bans.retain(|_, b| b.until_ms > now_ms);
-        report.bans_expired = before - self.bans.len();
+        self.bans.retain(|_, b| {
+            let live = b.until_ms > now_ms;
+            if !live {
+                report.ended.push(b.clone());
+            }
+            live
+        });
+        report.bans_expired = report.ended.len();
         self.manual_bans.store(
             self.bans.iter().filter(|e| e.key().0 == MANUAL).count(),
             Ordering::Relaxed,

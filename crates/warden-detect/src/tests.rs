@@ -410,6 +410,14 @@ fn manual_bans_by_ip_account_and_token() {
         Decision::Pass,
         "bans end"
     );
+    let report = e.sweep(T0 + 60_001);
+    assert_eq!(report.bans_expired, 1);
+    assert_eq!(report.ended[0].key, "ip=192.0.2.77");
+    assert_eq!(&*report.ended[0].rule, "manual");
+    assert!(!e.lift(&id), "an ended ban is gone");
+    let id = e
+        .ban_manual(&Field::Ip, "192.0.2.77", T0, T0 + 60_000)
+        .expect("ban");
     assert!(e.lift(&id));
     e.ban_manual(&Field::Account, "gina", T0, T0 + 60_000)
         .expect("ban");

@@ -102,6 +102,7 @@ pub struct Metrics {
     /// Tokens in the verification cache.
     pub verify_cache_entries: IntGauge,
     rule_hits: IntCounterVec,
+    declared_rules: std::sync::Mutex<Vec<String>>,
     decisions: Vec<IntCounter>,
     /// Bans in force.
     pub active_bans: IntGauge,
@@ -283,6 +284,7 @@ impl Metrics {
                 "warden_verify_cache_entries",
                 "Tokens in the verification cache.",
             ),
+            declared_rules: std::sync::Mutex::new(Vec::new()),
             rule_hits: {
                 let v = IntCounterVec::new(
                     Opts::new("warden_rule_hits_total", "Requests over a rule's threshold, by rule and mode."),
@@ -359,12 +361,24 @@ impl Metrics {
     }
 
     /// Pre-registers the series of the rules in force, so dashboards see zeros.
+    /// Series of rules no longer in force are removed.
     pub fn declare_rules<'a>(&self, rules: impl Iterator<Item = &'a str>) {
-        for r in rules {
+        let new: Vec<String> = rules.map(str::to_owned).collect();
+        let mut declared = match self.declared_rules.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        for gone in declared.iter().filter(|r| !new.contains(r)) {
+            for mode in ["enforce", "shadow"] {
+                let _ = self.rule_hits.remove_label_values(&[gone, mode]);
+            }
+        }
+        for r in &new {
             for mode in ["enforce", "shadow"] {
                 let _ = self.rule_hits.with_label_values(&[r, mode]);
             }
         }
+        *declared = new;
     }
 
     /// Counts a reload.
@@ -555,6 +569,21 @@ mod tests {
         for r in Reason::ALL {
             assert!(text.contains(&format!("reason=\"{}\"", r.as_str())), "{r}");
         }
+    }
+
+    #[test]
+    fn rules_removed_by_a_reload_leave_the_exposition() {
+        let m = Metrics::new();
+        m.declare_rules(["a", "b"].into_iter());
+        m.rule_hit("a", "enforce");
+        assert!(m.encode().contains("rule=\"b\""));
+        m.declare_rules(["a"].into_iter());
+        let text = m.encode();
+        assert!(!text.contains("rule=\"b\""), "{text}");
+        assert!(
+            text.contains("warden_rule_hits_total{mode=\"enforce\",rule=\"a\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

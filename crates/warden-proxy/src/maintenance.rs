@@ -61,6 +61,13 @@ impl BackgroundService for Maintenance {
                     if report.evicted > 0 {
                         s.metrics.state_evictions.inc_by(report.evicted as u64);
                     }
+                    for ban in &report.ended {
+                        let mut e = warden_metrics::Event::new("ban_expired");
+                        e.rule = Some(ban.rule.to_string());
+                        e.key = Some(ban.key.clone());
+                        e.action = Some("expire");
+                        s.events.emit(&e);
+                    }
                     if last_watch.elapsed() >= Duration::from_millis(500) {
                         last_watch = tokio::time::Instant::now();
                         let now = modified(&s.settings.load().watched);
