@@ -12,6 +12,8 @@
 //! byte, or a bad escape) is refused with 400. The request is forwarded with its path
 //! unchanged.
 
+use std::borrow::Cow;
+
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathError {
@@ -24,9 +26,19 @@ pub enum PathError {
 }
 
 /// Normalizes `raw` (the path part, without the query) for matching.
-pub fn normalize(raw: &str, lowercase: bool) -> Result<String, PathError> {
+pub fn normalize(raw: &str, lowercase: bool) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    // Most paths are already normal: nothing to decode, no empty or dot segments, no
+    // parameters. They are borrowed as they are, without an allocation.
+    let clean_bytes = raw
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b';' | b'\\'));
+    let needs_folding = lowercase && raw.bytes().any(|b| b.is_ascii_uppercase());
+    let plain = clean_bytes && !raw.contains("//") && !raw.contains("/.") && !needs_folding;
+    if plain {
+        return Ok(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -79,7 +91,7 @@ pub fn normalize(raw: &str, lowercase: bool) -> Result<String, PathError> {
     if lowercase {
         path.make_ascii_lowercase();
     }
-    Ok(path)
+    Ok(Cow::Owned(path))
 }
 
 #[cfg(test)]
@@ -112,6 +124,13 @@ mod tests {
         assert_eq!(normalize("/account/", false).as_deref(), Ok("/account/"));
         assert_eq!(normalize("/", false).as_deref(), Ok("/"));
         assert_eq!(normalize("/..", false).as_deref(), Ok("/"));
+        // The common case borrows.
+        assert!(matches!(
+            normalize("/account/addresses", false),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert!(matches!(normalize("/Account", true), Ok(Cow::Owned(_))));
+        assert_eq!(normalize("/a/b/", false).as_deref(), Ok("/a/b/"));
     }
 
     #[test]
