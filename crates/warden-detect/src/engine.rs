@@ -21,7 +21,7 @@
 
 use std::hash::Hasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -284,7 +284,11 @@ pub struct Engine {
     key: (u64, u64),
     max_state_bytes: AtomicUsize,
     max_bans: usize,
+    last_idle_sweep_ms: AtomicU64,
 }
+
+/// How often [`Engine::sweep`] walks the tables for idle keys.
+pub const IDLE_SWEEP_MS: u64 = 5_000;
 
 /// What a sweep did.
 #[derive(Debug, Clone, Default)]
@@ -321,6 +325,7 @@ impl Engine {
             ),
             max_state_bytes: AtomicUsize::new(max_state_bytes),
             max_bans,
+            last_idle_sweep_ms: AtomicU64::new(0),
         }
     }
 
@@ -696,24 +701,33 @@ impl Engine {
         self.rules.load().iter().map(|c| c.state.bytes()).sum()
     }
 
-    /// Drops ended bans and idle keys, and evicts the lowest-scoring keys while the state
-    /// is over its cap. Call it periodically (the proxy does every 100 ms).
+    /// Drops ended bans, idle keys (at most every [`IDLE_SWEEP_MS`]), and evicts the
+    /// lowest-scoring keys while the state is over its cap. Call it periodically (the
+    /// proxy does every 100 ms, so a flood is evicted within 100 ms).
     pub fn sweep(&self, now_ms: u64) -> SweepReport {
         let mut report = SweepReport::default();
-        self.bans.retain(|_, b| {
+        let mut manual = 0;
+        self.bans.retain(|(scope, _), b| {
             let live = b.until_ms > now_ms;
             if !live {
                 report.ended.push(b.clone());
+            } else if *scope == MANUAL {
+                manual += 1;
             }
             live
         });
         report.bans_expired = report.ended.len();
-        self.manual_bans.store(
-            self.bans.iter().filter(|e| e.key().0 == MANUAL).count(),
-            Ordering::Relaxed,
-        );
+        self.manual_bans.store(manual, Ordering::Relaxed);
         let rules = self.rules.load();
-        for c in rules.iter() {
+        // Dropping idle keys walks every table and write-locks each shard in turn: worth
+        // it every few seconds, not on every call. Eviction below still runs whenever the
+        // cap is exceeded.
+        let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
+        let idle_due = now_ms.saturating_sub(last) >= IDLE_SWEEP_MS || now_ms < last;
+        if idle_due {
+            self.last_idle_sweep_ms.store(now_ms, Ordering::Relaxed);
+        }
+        for c in rules.iter().filter(|_| idle_due) {
             let w = c.window_ms;
             match &c.state.table {
                 Table::Count(m) => {

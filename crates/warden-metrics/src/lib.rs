@@ -14,7 +14,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::SystemTime;
 
@@ -476,7 +475,6 @@ impl Event {
 pub struct Events {
     tx: SyncSender<String>,
     dropped: IntCounter,
-    written: AtomicU64,
     webhook: Option<std::sync::Arc<webhook::Queue>>,
 }
 
@@ -510,7 +508,6 @@ impl Events {
         Ok(Self {
             tx,
             dropped,
-            written: AtomicU64::new(0),
             webhook: None,
         })
     }
@@ -538,9 +535,7 @@ impl Events {
             w.push(line.clone());
         }
         match self.tx.try_send(line) {
-            Ok(()) => {
-                self.written.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
     }
