@@ -154,7 +154,8 @@ Log in through warden; the token in the response is recorded and works at once:
   curl -i http://{listen}/account/orders -H "Authorization: Bearer $T"
 
 A scraper with genuinely issued tokens for 25 accounts, from one address: the default
-pack's accounts-per-ip rule bans the address after 20 accounts (200 x20, then 403):
+pack's accounts-per-ip rule bans the address once it has read more than 20 accounts
+(200 until then, 403 after; the tokens tried above count too):
   for i in $(seq 1 25); do T=$(curl -s -XPOST http://{listen}/login -d "{{\"account\":\"user$i\"}}" | sed 's/.*"access_token":"\([^"]*\)".*/\1/'); curl -s -o /dev/null -w '%{{http_code}} ' http://{listen}/account/addresses -H "Authorization: Bearer $T"; done; echo
   curl -s http://{admin}/decisions -H 'Authorization: Bearer {admin_token}'
 (Every curl here comes from 127.0.0.1: lift the ban with
