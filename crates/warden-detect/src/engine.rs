@@ -1,16 +1,19 @@
 //! The rule engine: per-request evaluation, bans, and bounded state.
 //!
 //! ## State and memory
-//! Each rule has its own map (dashmap, shared by all worker threads) from a 64-bit keyed
-//! digest of its key to a [`SlidingCount`] (count rules, 12 bytes) or a [`DistinctSet`]
-//! (distinct rules, 36 bytes, more once a set outgrows its inline slots; see
-//! `distinct.rs`). [`Engine::state_bytes`] counts table slots (capacity × slot size,
-//! control bytes included) plus the heap of large sets.
+//! Rules with the same key form a key group. Each group has one map (dashmap, shared by
+//! all worker threads) from a 64-bit keyed digest of the key's value to an entry holding,
+//! inline, one slot per rule of the group: a [`SlidingCount`] (count rules, 12 bytes) or
+//! a [`DistinctSet`](crate::distinct::DistinctSet) (distinct rules, more once a set
+//! outgrows its inline values; see `distinct.rs`). A request makes one lookup per key
+//! it is counted under, not one per rule (`state.rs` says why that matters).
+//! [`Engine::state_bytes`] counts table slots (capacity × entry size, control bytes
+//! included) plus the heap of large sets.
 //!
 //! ## Eviction that is not a bypass
 //! When the state outgrows `max_state_bytes`, [`Engine::sweep`] first drops idle keys
-//! (nothing left in their window), then evicts by **score** = estimate / threshold,
-//! lowest first, until the state is back under 90 % of the cap. A flood of fresh
+//! (nothing left in their window), then evicts entries by **score** = the highest
+//! estimate / threshold over the entry's rules, lowest first, until the state is back under 90 % of the cap. A flood of fresh
 //! addresses, each seen once, has scores near zero and evicts itself; a key close to its
 //! threshold is the last to go. Bans are not state: they live in their own map, bounded
 //! separately (`max_bans`), and are never evicted to make room, so an offender who was
@@ -30,7 +33,7 @@ use siphasher::sip::SipHasher13;
 use warden_core::ledger::TokenId;
 use warden_rules::{Action, Condition, Field, Measure, Mode, RouteClass, Rule};
 
-use crate::distinct::DistinctSet;
+use crate::state::{GroupMap, Slot, MAX_SLOTS};
 use crate::window::SlidingCount;
 
 /// Looks up a named request attribute (a header, a claim).
@@ -146,56 +149,55 @@ pub type BanScope = u64;
 /// Scope of bans placed through the admin API, on one field.
 pub const MANUAL: BanScope = 0;
 
-#[derive(Debug)]
-enum Table {
-    Count(StateMap<SlidingCount>),
-    Distinct(StateMap<DistinctSet>, AtomicIsize),
-}
-
-/// One rule's state; kept across reloads while the rule's state fingerprint is unchanged.
-#[derive(Debug)]
-pub struct RuleState {
-    fingerprint: u64,
-    table: Table,
-    top: TopOffenders,
-}
-
-impl RuleState {
-    fn new(rule: &Rule) -> Self {
-        let table = match rule.measure {
-            Measure::Count => Table::Count(StateMap::default()),
-            Measure::Distinct(_) => Table::Distinct(StateMap::default(), AtomicIsize::new(0)),
-        };
-        Self {
-            fingerprint: rule.state_fingerprint(),
-            table,
-            top: TopOffenders::default(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match &self.table {
-            Table::Count(m) => m.len(),
-            Table::Distinct(m, _) => m.len(),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match &self.table {
-            Table::Count(m) => m.capacity() * (std::mem::size_of::<(u64, SlidingCount)>() + 1),
-            Table::Distinct(m, heap) => {
-                m.capacity() * (std::mem::size_of::<(u64, DistinctSet)>() + 1)
-                    + usize::try_from(heap.load(Ordering::Relaxed)).unwrap_or(0)
-            }
-        }
-    }
-}
-
+/// One rule, compiled: where its state lives.
 struct Compiled {
     rule: Rule,
     name: Arc<str>,
+    fingerprint: u64,
     window_ms: u64,
-    state: Arc<RuleState>,
+    /// Its key group, and its slot in that group's entries.
+    group: usize,
+    slot: usize,
+    /// The field a distinct rule counts, by index in [`RuleSet::fields`].
+    counted: Option<usize>,
+    /// Route classes it applies to, as bits (see [`class_bit`]).
+    classes: u8,
+    top: Arc<TopOffenders>,
+}
+
+/// The state of the rules sharing a key, one entry per key value.
+#[derive(Debug)]
+struct GroupState {
+    /// State fingerprint of the rule in each slot, sorted: the group's identity, so a
+    /// reload that only reorders, re-prioritizes or re-thresholds rules keeps it as is.
+    fingerprints: Vec<u64>,
+    map: GroupMap,
+    /// Heap bytes of large distinct sets.
+    heap: AtomicIsize,
+}
+
+impl GroupState {
+    fn bytes(&self) -> usize {
+        self.map.table_bytes() + usize::try_from(self.heap.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+/// A key group in a rule set: its key, its state, and which rule sits in each slot.
+struct Group {
+    /// The key's fields, by index in [`RuleSet::fields`].
+    key_fields: Vec<usize>,
+    /// Index in [`RuleSet::rules`] of the rule in each slot.
+    members: Vec<usize>,
+    state: Arc<GroupState>,
+}
+
+/// A rule set in force: rules in priority order, and their key groups.
+#[derive(Default)]
+struct RuleSet {
+    rules: Vec<Compiled>,
+    groups: Vec<Group>,
+    /// Every field the rules key on or count, once: a request hashes each at most once.
+    fields: Vec<Field>,
 }
 
 /// Offenders kept per rule for the SOC.
@@ -278,8 +280,11 @@ pub struct RuleInfo {
 
 /// The behaviour engine.
 pub struct Engine {
-    rules: ArcSwap<Vec<Compiled>>,
+    set: ArcSwap<RuleSet>,
     bans: DashMap<(BanScope, u64), Ban>,
+    /// Bans in the map (updated on every change, rare): a request looks bans up only
+    /// when there are some.
+    ban_count: AtomicUsize,
     manual_bans: AtomicUsize,
     key: (u64, u64),
     max_state_bytes: AtomicUsize,
@@ -316,8 +321,9 @@ impl Engine {
             seed = *b"warden-detect-k!";
         }
         Self {
-            rules: ArcSwap::from_pointee(Vec::new()),
+            set: ArcSwap::from_pointee(RuleSet::default()),
             bans: DashMap::new(),
+            ban_count: AtomicUsize::new(0),
             manual_bans: AtomicUsize::new(0),
             key: (
                 u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8])),
@@ -332,31 +338,102 @@ impl Engine {
     /// Installs a rule set. Rules whose state fingerprint (name, key, measure, window,
     /// match) is unchanged keep their counters and bans; others start empty; state of
     /// removed rules is dropped. Requests in flight finish with the old set.
+    ///
+    /// Rules with the same key share one entry per key value (see `state.rs`). A key
+    /// group whose rules are unchanged keeps its map as is; one that gained or lost a
+    /// rule gets a new map, into which the slots of its unchanged rules are copied here,
+    /// before the new set is installed. Requests counted in the old map during that copy
+    /// (milliseconds per hundred thousand keys) are not carried over: a reload can
+    /// under-count a rule by the requests of that moment, never over-count.
     pub fn set_rules(&self, mut rules: Vec<Rule>, max_state_bytes: usize) {
         rules.sort_by_key(|r| r.priority);
-        let old = self.rules.load();
-        let compiled = rules
+        let old = self.set.load();
+        let mut compiled: Vec<Compiled> = rules
             .into_iter()
             .map(|rule| {
-                let fp = rule.state_fingerprint();
-                let state = old
+                let fingerprint = rule.state_fingerprint();
+                let top = old
+                    .rules
                     .iter()
-                    .find(|c| c.state.fingerprint == fp)
-                    .map_or_else(|| Arc::new(RuleState::new(&rule)), |c| Arc::clone(&c.state));
+                    .find(|c| c.fingerprint == fingerprint)
+                    .map_or_else(|| Arc::new(TopOffenders::default()), |c| Arc::clone(&c.top));
                 Compiled {
                     name: Arc::from(rule.name.as_str()),
+                    fingerprint,
                     window_ms: u64::try_from(rule.window.as_millis())
                         .unwrap_or(u64::MAX)
                         .max(1),
+                    group: 0,
+                    slot: 0,
+                    counted: None,
+                    classes: if rule.matcher.classes.is_empty() {
+                        u8::MAX
+                    } else {
+                        rule.matcher
+                            .classes
+                            .iter()
+                            .fold(0, |m, c| m | class_bit(*c))
+                    },
+                    top,
                     rule,
-                    state,
                 }
             })
-            .collect::<Vec<_>>();
-        let live: Vec<u64> = compiled.iter().map(|c| c.state.fingerprint).collect();
-        self.rules.store(Arc::new(compiled));
+            .collect();
+        let mut fields: Vec<Field> = Vec::new();
+        let mut field_index = |field: &Field| match fields.iter().position(|x| x == field) {
+            Some(i) => i,
+            None => {
+                fields.push(field.clone());
+                fields.len() - 1
+            }
+        };
+        for c in &mut compiled {
+            if let Measure::Distinct(field) = &c.rule.measure {
+                c.counted = Some(field_index(field));
+            }
+        }
+        // Key groups, in the order of their first rule; at most MAX_SLOTS rules each.
+        let mut by_key: Vec<(Vec<Field>, Vec<usize>)> = Vec::new();
+        for (i, c) in compiled.iter().enumerate() {
+            match by_key
+                .iter_mut()
+                .find(|(k, m)| *k == c.rule.key && m.len() < MAX_SLOTS)
+            {
+                Some((_, m)) => m.push(i),
+                None => by_key.push((c.rule.key.clone(), vec![i])),
+            }
+        }
+        let mut groups = Vec::with_capacity(by_key.len());
+        for (gi, (key, mut members)) in by_key.into_iter().enumerate() {
+            members.sort_by_key(|&i| compiled[i].fingerprint);
+            let fingerprints: Vec<u64> = members.iter().map(|&i| compiled[i].fingerprint).collect();
+            for (slot, &i) in members.iter().enumerate() {
+                compiled[i].group = gi;
+                compiled[i].slot = slot;
+            }
+            let state = old
+                .groups
+                .iter()
+                .find(|g| g.state.fingerprints == fingerprints)
+                .map_or_else(
+                    || Arc::new(carry_over(&old, fingerprints)),
+                    |g| Arc::clone(&g.state),
+                );
+            groups.push(Group {
+                key_fields: key.iter().map(&mut field_index).collect(),
+                members,
+                state,
+            });
+        }
+        let live: Vec<u64> = compiled.iter().map(|c| c.fingerprint).collect();
+        self.set.store(Arc::new(RuleSet {
+            rules: compiled,
+            groups,
+            fields,
+        }));
         self.bans
             .retain(|(scope, _), _| *scope == MANUAL || live.contains(scope));
+        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
         self.max_state_bytes
             .store(max_state_bytes, Ordering::Relaxed);
     }
@@ -364,8 +441,9 @@ impl Engine {
     /// Names of the rules in force, in evaluation order.
     #[must_use]
     pub fn rule_names(&self) -> Vec<Arc<str>> {
-        self.rules
+        self.set
             .load()
+            .rules
             .iter()
             .map(|c| Arc::clone(&c.name))
             .collect()
@@ -395,134 +473,195 @@ impl Engine {
         if self.manual_bans.load(Ordering::Relaxed) > 0 {
             for field in [Field::Ip, Field::Account, Field::Token] {
                 if let Some(k) = self.hash_fields(std::slice::from_ref(&field), f) {
-                    if let Some(b) = self.bans.get(&(MANUAL, k)) {
-                        if b.until_ms > f.now_ms {
-                            let by = manual_name();
-                            decide(
-                                &mut v,
-                                6,
-                                i64::MIN,
-                                Decision::Banned {
-                                    until_ms: b.until_ms,
-                                },
-                                &by,
-                            );
-                        }
+                    let until_ms = self.bans.get(&(MANUAL, k)).map(|b| b.until_ms);
+                    if let Some(until_ms) = until_ms.filter(|u| *u > f.now_ms) {
+                        decide(
+                            &mut v,
+                            6,
+                            i64::MIN,
+                            Decision::Banned { until_ms },
+                            &manual_name(),
+                        );
                     }
                 }
             }
         }
-        let rules = self.rules.load();
+        let bans_exist = self.ban_count.load(Ordering::Relaxed) > 0;
+        let set = self.set.load();
         let mut memo = Memo::default();
-        for c in rules.iter() {
-            let r = &c.rule;
-            if !matches(r, f) {
+        // Hits and tags with their rule's index, put back in priority order at the end
+        // (groups are visited key by key). No allocation unless a rule fires.
+        let mut hits: Vec<(usize, Hit)> = Vec::new();
+        let mut tags: Vec<(usize, Arc<str>)> = Vec::new();
+        // Phase 1: the key of every group with a matching rule, and a prefetch of its
+        // entry, so that the cache misses of all groups overlap instead of queueing
+        // behind each other's locks (`table.rs`).
+        let mut plan = [(0u8, 0u64); PLAN];
+        for (gi, g) in set.groups.iter().enumerate().take(PLAN) {
+            let matched = match_mask(&set, g, f);
+            if matched == 0 {
                 continue;
             }
-            let Some(key) = self.key_of(&r.key, f, &mut memo) else {
-                continue;
+            if let Some(key) = self.key_of(&set, &g.key_fields, f, &mut memo) {
+                g.state.map.prefetch(key);
+                plan[gi] = (matched, key);
+            }
+        }
+        // Phase 2: count, then judge.
+        for (gi, g) in set.groups.iter().enumerate() {
+            let (matched, key) = match plan.get(gi) {
+                Some(p) => *p,
+                None => {
+                    let matched = match_mask(&set, g, f);
+                    if matched == 0 {
+                        continue;
+                    }
+                    match self.key_of(&set, &g.key_fields, f, &mut memo) {
+                        Some(key) => (matched, key),
+                        None => continue,
+                    }
+                }
             };
-            let enforce = r.mode == Mode::Enforce;
-            if let (Action::Ban(_), true) = (&r.action, enforce) {
-                if let Some(b) = self.bans.get(&(c.state.fingerprint, key)) {
-                    if b.until_ms > f.now_ms {
+            if matched == 0 {
+                continue;
+            }
+            // The matching rules, with the value each distinct rule counts. A distinct
+            // rule whose field the request lacks counts nothing, but its bans still
+            // apply.
+            let mut todo = [(0usize, None::<u32>); MAX_SLOTS];
+            let mut n = 0;
+            for (slot, &ri) in g.members.iter().enumerate() {
+                if matched & (1 << slot) == 0 {
+                    continue;
+                }
+                let c = &set.rules[ri];
+                let value = match &c.rule.measure {
+                    Measure::Count => Some(0),
+                    Measure::Distinct(_) => c
+                        .counted
+                        .and_then(|i| self.field_hash(&set, i, f, &mut memo))
+                        .map(|h| h as u32),
+                };
+                todo[n] = (slot, value);
+                n += 1;
+            }
+            // One lookup for all of them.
+            let mut estimates = [None::<f64>; MAX_SLOTS];
+            let mut heap = 0isize;
+            if todo[..n].iter().any(|(_, value)| value.is_some()) {
+                g.state.map.update(key, |slots| {
+                    for (j, &(slot, value)) in todo[..n].iter().enumerate() {
+                        let Some(value) = value else { continue };
+                        let c = &set.rules[g.members[slot]];
+                        estimates[j] = Some(match c.rule.measure {
+                            Measure::Count => slots[slot].count().add(f.now_ms, c.window_ms),
+                            Measure::Distinct(_) => {
+                                let (set, freed) = slots[slot].distinct();
+                                let (est, delta) = set.insert(value, f.now_ms, c.window_ms);
+                                heap += delta - freed as isize;
+                                est
+                            }
+                        });
+                    }
+                });
+            }
+            if heap != 0 {
+                g.state.heap.fetch_add(heap, Ordering::Relaxed);
+            }
+            for (j, &(slot, _)) in todo[..n].iter().enumerate() {
+                let ri = g.members[slot];
+                let c = &set.rules[ri];
+                let r = &c.rule;
+                let enforce = r.mode == Mode::Enforce;
+                if bans_exist && enforce && matches!(r.action, Action::Ban(_)) {
+                    let until_ms = self.bans.get(&(c.fingerprint, key)).map(|b| b.until_ms);
+                    if let Some(until_ms) = until_ms.filter(|u| *u > f.now_ms) {
                         decide(
                             &mut v,
                             r.action.severity(),
-                            r.priority,
-                            Decision::Banned {
-                                until_ms: b.until_ms,
-                            },
-                            &c.name,
-                        );
-                    }
-                }
-            }
-            let estimate = match (&c.state.table, &r.measure) {
-                (Table::Count(m), _) => m.entry(key).or_default().add(f.now_ms, c.window_ms),
-                (Table::Distinct(m, heap), Measure::Distinct(field)) => {
-                    let Some(fp) = self.field_hash(field, f, &mut memo) else {
-                        continue;
-                    };
-                    let (est, delta) =
-                        m.entry(key)
-                            .or_default()
-                            .insert(fp as u32, f.now_ms, c.window_ms);
-                    if delta != 0 {
-                        heap.fetch_add(delta, Ordering::Relaxed);
-                    }
-                    est
-                }
-                (Table::Distinct(..), Measure::Count) => continue,
-            };
-            let threshold = r.threshold as f64;
-            if estimate * 2.0 >= threshold {
-                c.state
-                    .top
-                    .offer(key, estimate, f.now_ms, || describe(&r.key, f));
-            }
-            if estimate <= threshold {
-                continue;
-            }
-            let crossed = estimate - 1.0 <= threshold;
-            let mut hit = Hit {
-                rule: Arc::clone(&c.name),
-                action: r.action.clone(),
-                mode: r.mode,
-                estimate,
-                threshold: r.threshold,
-                crossed,
-                ban_placed: false,
-                key: None,
-            };
-            if enforce {
-                match &r.action {
-                    Action::Log => {}
-                    Action::Tag => v.tags.push(Arc::clone(&c.name)),
-                    Action::RateLimit => {
-                        let ms = SlidingCount::ms_to_window_end(f.now_ms, c.window_ms);
-                        decide(
-                            &mut v,
-                            2,
-                            r.priority,
-                            Decision::RateLimit {
-                                retry_after_s: ms.div_ceil(1000).max(1),
-                            },
-                            &c.name,
-                        );
-                    }
-                    Action::Block => decide(&mut v, 3, r.priority, Decision::Block, &c.name),
-                    Action::RevokeToken => {
-                        if f.token.is_some() {
-                            decide(&mut v, 4, r.priority, Decision::RevokeToken, &c.name);
-                        }
-                    }
-                    Action::Ban(ttl) => {
-                        let until_ms =
-                            f.now_ms + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
-                        let placed = self.place_ban(
-                            c.state.fingerprint,
-                            key,
-                            &c.name,
-                            describe(&r.key, f),
-                            f.now_ms,
-                            until_ms,
-                        );
-                        hit.ban_placed = placed;
-                        decide(
-                            &mut v,
-                            5,
                             r.priority,
                             Decision::Banned { until_ms },
                             &c.name,
                         );
                     }
                 }
+                let Some(estimate) = estimates[j] else {
+                    continue;
+                };
+                let threshold = r.threshold as f64;
+                if estimate * 2.0 >= threshold {
+                    c.top.offer(key, estimate, f.now_ms, || describe(&r.key, f));
+                }
+                if estimate <= threshold {
+                    continue;
+                }
+                let crossed = estimate - 1.0 <= threshold;
+                let mut hit = Hit {
+                    rule: Arc::clone(&c.name),
+                    action: r.action.clone(),
+                    mode: r.mode,
+                    estimate,
+                    threshold: r.threshold,
+                    crossed,
+                    ban_placed: false,
+                    key: None,
+                };
+                if enforce {
+                    match &r.action {
+                        Action::Log => {}
+                        Action::Tag => tags.push((ri, Arc::clone(&c.name))),
+                        Action::RateLimit => {
+                            let ms = SlidingCount::ms_to_window_end(f.now_ms, c.window_ms);
+                            decide(
+                                &mut v,
+                                2,
+                                r.priority,
+                                Decision::RateLimit {
+                                    retry_after_s: ms.div_ceil(1000).max(1),
+                                },
+                                &c.name,
+                            );
+                        }
+                        Action::Block => decide(&mut v, 3, r.priority, Decision::Block, &c.name),
+                        Action::RevokeToken => {
+                            if f.token.is_some() {
+                                decide(&mut v, 4, r.priority, Decision::RevokeToken, &c.name);
+                            }
+                        }
+                        Action::Ban(ttl) => {
+                            let until_ms =
+                                f.now_ms + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
+                            hit.ban_placed = self.place_ban(
+                                c.fingerprint,
+                                key,
+                                &c.name,
+                                describe(&r.key, f),
+                                f.now_ms,
+                                until_ms,
+                            );
+                            decide(
+                                &mut v,
+                                5,
+                                r.priority,
+                                Decision::Banned { until_ms },
+                                &c.name,
+                            );
+                        }
+                    }
+                }
+                if hit.crossed || hit.ban_placed {
+                    hit.key = Some(describe(&r.key, f));
+                }
+                hits.push((ri, hit));
             }
-            if hit.crossed || hit.ban_placed {
-                hit.key = Some(describe(&r.key, f));
-            }
-            v.hits.push(hit);
+        }
+        if !hits.is_empty() {
+            hits.sort_by_key(|(ri, _)| *ri);
+            v.hits = hits.into_iter().map(|(_, h)| h).collect();
+        }
+        if !tags.is_empty() {
+            tags.sort_by_key(|(ri, _)| *ri);
+            v.tags = tags.into_iter().map(|(_, t)| t).collect();
         }
         v
     }
@@ -542,7 +681,7 @@ impl Engine {
                 return false;
             }
         }
-        if self.bans.len() >= self.max_bans {
+        if self.ban_count.load(Ordering::Relaxed) >= self.max_bans {
             return false;
         }
         self.bans.insert(
@@ -554,6 +693,7 @@ impl Engine {
                 key: display,
             },
         );
+        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
         true
     }
 
@@ -580,6 +720,7 @@ impl Engine {
             self.bans.iter().filter(|e| e.key().0 == MANUAL).count(),
             Ordering::Relaxed,
         );
+        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
         Ok(ban_id(MANUAL, key))
     }
 
@@ -631,22 +772,18 @@ impl Engine {
             return false;
         };
         let lifted = self.bans.remove(&(scope, key)).is_some();
+        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
         if lifted && scope != MANUAL {
-            for c in self
-                .rules
-                .load()
-                .iter()
-                .filter(|c| c.state.fingerprint == scope)
-            {
-                match &c.state.table {
-                    Table::Count(m) => {
-                        m.remove(&key);
-                    }
-                    Table::Distinct(m, heap) => {
-                        if let Some((_, e)) = m.remove(&key) {
-                            heap.fetch_sub(e.heap_bytes() as isize, Ordering::Relaxed);
-                        }
-                    }
+            let set = self.set.load();
+            for c in set.rules.iter().filter(|c| c.fingerprint == scope) {
+                let g = &set.groups[c.group];
+                let freed = g.state.map.get_mut(key, |slots| {
+                    let freed = slots[c.slot].heap_bytes();
+                    slots[c.slot] = Slot::Empty;
+                    freed
+                });
+                if let Some(freed) = freed.filter(|b| *b > 0) {
+                    g.state.heap.fetch_sub(freed as isize, Ordering::Relaxed);
                 }
             }
         }
@@ -675,30 +812,48 @@ impl Engine {
             .count()
     }
 
-    /// The rules in force with their worst keys.
+    /// The rules in force with their worst keys. Walks every key group once (an admin
+    /// call, not a request path).
     #[must_use]
     pub fn rules_info(&self, now_ms: u64) -> Vec<RuleInfo> {
-        self.rules
-            .load()
+        let set = self.set.load();
+        let mut tracked = vec![0usize; set.rules.len()];
+        for g in &set.groups {
+            g.state.map.for_each(|_, slots| {
+                for (slot, &ri) in g.members.iter().enumerate() {
+                    if !matches!(slots[slot], Slot::Empty) {
+                        tracked[ri] += 1;
+                    }
+                }
+            });
+        }
+        set.rules
             .iter()
-            .map(|c| RuleInfo {
+            .zip(tracked)
+            .map(|(c, tracked_keys)| RuleInfo {
                 rule: c.rule.clone(),
-                tracked_keys: c.state.len(),
-                top: c.state.top.list(now_ms.saturating_sub(c.window_ms)),
+                tracked_keys,
+                top: c.top.list(now_ms.saturating_sub(c.window_ms)),
             })
             .collect()
     }
 
-    /// Keys tracked over all rules.
+    /// Key values tracked: entries over all key groups (a value tracked by several
+    /// rules with the same key is one entry).
     #[must_use]
     pub fn tracked_keys(&self) -> usize {
-        self.rules.load().iter().map(|c| c.state.len()).sum()
+        self.set
+            .load()
+            .groups
+            .iter()
+            .map(|g| g.state.map.len())
+            .sum()
     }
 
     /// Bytes of rule state (tables and large sets).
     #[must_use]
     pub fn state_bytes(&self) -> usize {
-        self.rules.load().iter().map(|c| c.state.bytes()).sum()
+        self.set.load().groups.iter().map(|g| g.state.bytes()).sum()
     }
 
     /// Drops ended bans, idle keys (at most every [`IDLE_SWEEP_MS`]), and evicts the
@@ -718,7 +873,8 @@ impl Engine {
         });
         report.bans_expired = report.ended.len();
         self.manual_bans.store(manual, Ordering::Relaxed);
-        let rules = self.rules.load();
+        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
+        let set = self.set.load();
         // Dropping idle keys walks every table and write-locks each shard in turn: worth
         // it every few seconds, not on every call. Eviction below still runs whenever the
         // cap is exceeded.
@@ -726,180 +882,189 @@ impl Engine {
         let idle_due = now_ms.saturating_sub(last) >= IDLE_SWEEP_MS || now_ms < last;
         if idle_due {
             self.last_idle_sweep_ms.store(now_ms, Ordering::Relaxed);
-        }
-        for c in rules.iter().filter(|_| idle_due) {
-            let w = c.window_ms;
-            match &c.state.table {
-                Table::Count(m) => {
-                    let n = m.len();
-                    m.retain(|_, e| !e.is_idle(now_ms, w));
-                    report.idle += n - m.len();
-                }
-                Table::Distinct(m, heap) => {
-                    let n = m.len();
-                    m.retain(|_, e| {
-                        let idle = e.is_idle(now_ms, w);
-                        if idle {
-                            heap.fetch_sub(e.heap_bytes() as isize, Ordering::Relaxed);
+            for g in &set.groups {
+                let windows: Vec<u64> = g
+                    .members
+                    .iter()
+                    .map(|&ri| set.rules[ri].window_ms)
+                    .collect();
+                let before = g.state.map.len();
+                let mut freed = 0usize;
+                // An idle slot is emptied (freeing a large set's heap); an entry whose
+                // slots are all idle goes.
+                g.state.map.retain(|slots| {
+                    let mut live = false;
+                    for (s, w) in slots.iter_mut().zip(&windows) {
+                        if s.is_idle(now_ms, *w) {
+                            if !matches!(s, Slot::Empty) {
+                                freed += s.heap_bytes();
+                                *s = Slot::Empty;
+                            }
+                        } else {
+                            live = true;
                         }
-                        !idle
-                    });
-                    report.idle += n - m.len();
+                    }
+                    live
+                });
+                if freed > 0 {
+                    g.state.heap.fetch_sub(freed as isize, Ordering::Relaxed);
                 }
+                report.idle += before - g.state.map.len();
             }
         }
         let cap = self.max_state_bytes.load(Ordering::Relaxed);
         if self.state_bytes() > cap {
-            report.evicted = self.evict(&rules, now_ms, cap / 10 * 9);
+            report.evicted = self.evict(&set, now_ms, cap / 10 * 9);
         }
         report
     }
 
-    fn evict(&self, rules: &[Compiled], now_ms: u64, target: usize) -> usize {
+    /// Evicts the entries with the lowest score (an entry's score is its highest
+    /// estimate / threshold over its rules) until the state is under `target`.
+    fn evict(&self, set: &RuleSet, now_ms: u64, target: usize) -> usize {
         const BUCKETS: usize = 64;
-        let score_bucket = |est: f64, threshold: u64| -> usize {
-            let s = est / (threshold.max(1) as f64);
-            ((s * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
+        let params = |g: &Group| -> Vec<(u64, u64)> {
+            g.members
+                .iter()
+                .map(|&ri| (set.rules[ri].window_ms, set.rules[ri].rule.threshold.max(1)))
+                .collect()
         };
-        // Pass 1: how many keys sit in each score bucket.
+        let bucket = |slots: &[Slot], params: &[(u64, u64)]| -> usize {
+            let score = slots
+                .iter()
+                .zip(params)
+                .map(|(s, (w, t))| s.estimate(now_ms, *w) / *t as f64)
+                .fold(0.0, f64::max);
+            ((score * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
+        };
+        // Pass 1: how many entries sit in each score bucket.
         let mut hist = [0usize; BUCKETS];
         let mut total = 0usize;
-        for c in rules {
-            match &c.state.table {
-                Table::Count(m) => m.iter().for_each(|e| {
-                    hist[score_bucket(e.estimate(now_ms, c.window_ms), c.rule.threshold)] += 1
-                }),
-                Table::Distinct(m, _) => m.iter().for_each(|e| {
-                    hist[score_bucket(e.estimate(now_ms, c.window_ms), c.rule.threshold)] += 1
-                }),
-            }
-            total += c.state.len();
+        for g in &set.groups {
+            let p = params(g);
+            g.state
+                .map
+                .for_each(|_, slots| hist[bucket(slots, &p)] += 1);
+            total += g.state.map.len();
         }
         let bytes = self.state_bytes();
         if total == 0 || bytes <= target {
             return 0;
         }
-        // Keys to drop, assuming an even share of bytes per key (slots dominate).
-        let excess_keys = ((bytes - target) as f64 / bytes as f64 * total as f64).ceil() as usize;
+        // Entries to drop, assuming an even share of bytes per entry (slots dominate).
+        let excess = ((bytes - target) as f64 / bytes as f64 * total as f64).ceil() as usize;
         let mut cut = 0;
         let mut acc = 0;
-        while cut < BUCKETS && acc + hist[cut] <= excess_keys {
+        while cut < BUCKETS && acc + hist[cut] <= excess {
             acc += hist[cut];
             cut += 1;
         }
         // Evict every bucket below `cut`, and part of bucket `cut`.
-        let mut partial = excess_keys.saturating_sub(acc);
+        let mut partial = excess.saturating_sub(acc);
         let mut evicted = 0;
-        for c in rules {
-            let mut keep = |est: f64| {
-                let b = score_bucket(est, c.rule.threshold);
-                if b < cut {
-                    evicted += 1;
+        for g in &set.groups {
+            let p = params(g);
+            let mut freed = 0usize;
+            g.state.map.retain(|slots| {
+                let b = bucket(slots, &p);
+                let keep = if b < cut {
                     false
                 } else if b == cut && partial > 0 {
                     partial -= 1;
-                    evicted += 1;
                     false
                 } else {
                     true
+                };
+                if !keep {
+                    evicted += 1;
+                    freed += slots.iter().map(Slot::heap_bytes).sum::<usize>();
                 }
-            };
-            match &c.state.table {
-                Table::Count(m) => {
-                    m.retain(|_, e| keep(e.estimate(now_ms, c.window_ms)));
-                    m.shrink_to_fit();
-                }
-                Table::Distinct(m, heap) => {
-                    m.retain(|_, e| {
-                        let k = keep(e.estimate(now_ms, c.window_ms));
-                        if !k {
-                            heap.fetch_sub(e.heap_bytes() as isize, Ordering::Relaxed);
-                        }
-                        k
-                    });
-                    m.shrink_to_fit();
-                }
+                keep
+            });
+            if freed > 0 {
+                g.state.heap.fetch_sub(freed as isize, Ordering::Relaxed);
             }
+            g.state.map.shrink_to_fit();
         }
         evicted
     }
 
+    /// The hash of a key, computed afresh (manual bans, not the request path).
     fn hash_fields(&self, fields: &[Field], f: &Facts<'_>) -> Option<u64> {
-        self.key_of(fields, f, &mut Memo::default())
+        let mut key = 0u64;
+        for (i, field) in fields.iter().enumerate() {
+            let mut h = self.hasher();
+            if !write_field(&mut h, field, f) {
+                return None;
+            }
+            key = mix(key, h.finish(), i);
+        }
+        Some(key)
     }
 
-    /// The keyed hash of one field's value, computed once per request.
-    fn field_hash<'r>(&self, field: &'r Field, f: &Facts<'_>, memo: &mut Memo<'r>) -> Option<u64> {
-        if let Some(h) = memo.get(field) {
+    /// The keyed hash of field `i` of the rule set's field table, computed once per
+    /// request.
+    #[inline]
+    fn field_hash(&self, set: &RuleSet, i: usize, f: &Facts<'_>, memo: &mut Memo) -> Option<u64> {
+        if let Some(h) = memo.get(i) {
             return h;
         }
         let mut h = self.hasher();
-        let h = write_field(&mut h, field, f).then(|| h.finish());
-        memo.put(field, h);
+        let h = write_field(&mut h, &set.fields[i], f).then(|| h.finish());
+        memo.put(i, h);
         h
     }
 
-    /// A rule's key: the field's hash for one field, a mix of them for several.
-    fn key_of<'r>(&self, fields: &'r [Field], f: &Facts<'_>, memo: &mut Memo<'r>) -> Option<u64> {
+    /// A key: the field's hash for one field, a mix of them for several.
+    fn key_of(
+        &self,
+        set: &RuleSet,
+        fields: &[usize],
+        f: &Facts<'_>,
+        memo: &mut Memo,
+    ) -> Option<u64> {
         let mut key = 0u64;
-        for (i, field) in fields.iter().enumerate() {
-            let h = self.field_hash(field, f, memo)?;
-            key = if i == 0 {
-                h
-            } else {
-                (key.rotate_left(23) ^ h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            };
+        for (i, &field) in fields.iter().enumerate() {
+            key = mix(key, self.field_hash(set, field, f, memo)?, i);
         }
         Some(key)
     }
 }
 
-/// Field hashes already computed for this request (rules share fields: five rules of the
-/// default pack key on the address). Fixed size, no allocation.
+/// Mixes field hash `h`, the `i`-th of a key, into `key`.
+fn mix(key: u64, h: u64, i: usize) -> u64 {
+    if i == 0 {
+        h
+    } else {
+        (key.rotate_left(23) ^ h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// Field hashes already computed for this request, by index in the rule set's field
+/// table (rules share fields: five rules of the default pack key on the address). Fixed
+/// size, no allocation; fields past [`MEMO_FIELDS`] are hashed each time they are used.
 #[derive(Default)]
-struct Memo<'r> {
-    len: usize,
-    slots: [Option<(&'r Field, Option<u64>)>; 8],
+struct Memo {
+    done: u32,
+    hashes: [Option<u64>; MEMO_FIELDS],
 }
 
-impl<'r> Memo<'r> {
-    fn get(&self, field: &Field) -> Option<Option<u64>> {
-        self.slots[..self.len]
-            .iter()
-            .flatten()
-            .find(|(f, _)| *f == field)
-            .map(|(_, h)| *h)
+const MEMO_FIELDS: usize = 32;
+
+impl Memo {
+    #[inline]
+    fn get(&self, i: usize) -> Option<Option<u64>> {
+        (i < MEMO_FIELDS && self.done & (1 << i) != 0).then(|| self.hashes[i])
     }
 
-    fn put(&mut self, field: &'r Field, h: Option<u64>) {
-        if self.len < self.slots.len() {
-            self.slots[self.len] = Some((field, h));
-            self.len += 1;
+    #[inline]
+    fn put(&mut self, i: usize, h: Option<u64>) {
+        if i < MEMO_FIELDS {
+            self.done |= 1 << i;
+            self.hashes[i] = h;
         }
     }
 }
-
-/// Hashes a `u64` key as itself: the state maps are keyed by SipHash outputs already,
-/// so hashing them again would only cost time.
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type KeyBuild = std::hash::BuildHasherDefault<KeyHasher>;
-type StateMap<V> = DashMap<u64, V, KeyBuild>;
 
 fn ban_id(scope: BanScope, key: u64) -> String {
     format!("{scope:016x}{key:016x}")
@@ -1004,10 +1169,35 @@ fn describe(fields: &[Field], f: &Facts<'_>) -> String {
         .join(",")
 }
 
+/// Key groups planned (keyed and prefetched) before any is counted; later ones are
+/// handled one at a time.
+const PLAN: usize = 16;
+
+/// Bit `i` set when the rule in slot `i` of the group matches the request.
+fn match_mask(set: &RuleSet, g: &Group, f: &Facts<'_>) -> u8 {
+    let class = class_bit(f.class);
+    let mut mask = 0u8;
+    for (slot, &ri) in g.members.iter().enumerate() {
+        let c = &set.rules[ri];
+        if c.classes & class != 0 && matches(&c.rule, f) {
+            mask |= 1 << slot;
+        }
+    }
+    mask
+}
+
+fn class_bit(c: RouteClass) -> u8 {
+    match c {
+        RouteClass::Protected => 1,
+        RouteClass::Issuance => 2,
+        RouteClass::Open => 4,
+    }
+}
+
+/// Whether a rule's match holds, route class apart (tested first, from bits).
 fn matches(r: &Rule, f: &Facts<'_>) -> bool {
     let m = &r.matcher;
-    (m.classes.is_empty() || m.classes.contains(&f.class))
-        && (m.methods.is_empty() || m.methods.iter().any(|x| x == f.method))
+    (m.methods.is_empty() || m.methods.iter().any(|x| x == f.method))
         && (m.paths.is_empty() || m.paths.iter().any(|p| p.matches(f.path)))
         && m.conditions.iter().all(|c| condition(c, f))
 }
@@ -1037,4 +1227,50 @@ fn condition(c: &Condition, f: &Facts<'_>) -> bool {
         Condition::Equals(field, v) => test(field, &|x| x == v),
         Condition::Prefix(field, v) => test(field, &|x| x.starts_with(v.as_str())),
     }
+}
+
+/// A new key group's state, with the slots of its rules that were in force copied from
+/// the groups that held them.
+fn carry_over(old: &RuleSet, fingerprints: Vec<u64>) -> GroupState {
+    let state = GroupState {
+        map: GroupMap::new(fingerprints.len()),
+        heap: AtomicIsize::new(0),
+        fingerprints,
+    };
+    for og in &old.groups {
+        // (old slot, new slot) of each rule in both.
+        let pairs: Vec<(usize, usize)> = og
+            .state
+            .fingerprints
+            .iter()
+            .enumerate()
+            .filter_map(|(os, fp)| {
+                state
+                    .fingerprints
+                    .iter()
+                    .position(|f| f == fp)
+                    .map(|ns| (os, ns))
+            })
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let mut heap = 0usize;
+        og.state.map.for_each(|key, slots| {
+            if pairs
+                .iter()
+                .all(|&(os, _)| matches!(slots[os], Slot::Empty))
+            {
+                return;
+            }
+            state.map.update(key, |new| {
+                for &(os, ns) in &pairs {
+                    heap += slots[os].heap_bytes();
+                    new[ns] = slots[os].clone();
+                }
+            });
+        });
+        state.heap.fetch_add(heap as isize, Ordering::Relaxed);
+    }
+    state
 }

@@ -38,17 +38,20 @@
 //! assert!(matches!(engine.evaluate(&facts("a", t + 4)).decision, Decision::Banned { .. }));
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod distinct;
 mod engine;
+mod state;
+mod table;
 pub mod window;
 
 pub use engine::{
     Ban, BanScope, Decision, Engine, Facts, Hit, Lookup, Nothing, Offender, RuleInfo, SweepReport,
     TopOffenders, Verdict, MANUAL, TOP_K,
 };
+pub use state::{MAX_SLOTS, SLOT_BYTES};
 
 #[cfg(test)]
 mod tests;

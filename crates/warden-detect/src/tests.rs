@@ -598,3 +598,192 @@ fn top_offenders_list_the_worst_keys_of_a_rule() {
     // A window later, nothing is current.
     assert!(e.rules_info(T0 + 200_000)[0].top.is_empty());
 }
+
+/// Rules with the same key share one entry per key value; a reload that adds or drops a
+/// rule on that key moves the entries to a new layout, carrying the unchanged rules'
+/// counts over.
+#[test]
+fn reload_that_changes_a_key_group_carries_counts_over() {
+    let e = Engine::new(64 * MIB, 1000);
+    let count = rule(
+        "count",
+        vec![Field::Ip],
+        Measure::Count,
+        600,
+        10,
+        Action::Block,
+    );
+    let accounts = rule(
+        "accounts",
+        vec![Field::Ip],
+        Measure::Distinct(Field::Account),
+        600,
+        5,
+        Action::Block,
+    );
+    e.set_rules(vec![count.clone(), accounts.clone()], 64 * MIB);
+    for (i, a) in ["a", "b", "c", "d"].iter().enumerate() {
+        let _ = eval(&e, &Req::new("192.0.2.20", a), T0 + i as u64);
+    }
+    // Another rule on the address joins the group; one on the account appears too.
+    let extra = rule(
+        "extra",
+        vec![Field::Ip],
+        Measure::Count,
+        60,
+        1000,
+        Action::Log,
+    );
+    let other = rule(
+        "other",
+        vec![Field::Account],
+        Measure::Count,
+        60,
+        1000,
+        Action::Log,
+    );
+    e.set_rules(
+        vec![count.clone(), extra.clone(), accounts.clone(), other],
+        64 * MIB,
+    );
+    // 4 requests and 4 accounts were counted before: 2 more accounts cross 5 and a 7th
+    // request is still under 10.
+    let v = eval(&e, &Req::new("192.0.2.20", "e"), T0 + 10);
+    assert_eq!(v.decision, Decision::Pass, "{:?}", v.hits);
+    let v = eval(&e, &Req::new("192.0.2.20", "f"), T0 + 11);
+    assert_eq!(v.decision, Decision::Block);
+    assert_eq!(v.hits.len(), 1);
+    assert_eq!(&*v.hits[0].rule, "accounts");
+    assert_eq!(v.hits[0].estimate, 6.0);
+    // Dropping `extra` again: counts still carried (6 requests), then 5 more.
+    e.set_rules(vec![count, accounts], 64 * MIB);
+    for i in 0..4 {
+        let _ = eval(&e, &Req::new("192.0.2.20", "f"), T0 + 20 + i);
+    }
+    let v = eval(&e, &Req::new("192.0.2.20", "f"), T0 + 30);
+    let hit = v
+        .hits
+        .iter()
+        .find(|h| &*h.rule == "count")
+        .expect("count fired");
+    assert_eq!(hit.estimate, 11.0);
+    assert_eq!(e.tracked_keys(), 1, "one address, one entry");
+}
+
+/// Lifting a ban forgets only the lifted rule's count for the key; the other rules on
+/// the same key keep theirs.
+#[test]
+fn lifting_a_ban_clears_only_that_rule_in_a_shared_entry() {
+    let e = Engine::new(64 * MIB, 1000);
+    let mut ban = rule(
+        "ban",
+        vec![Field::Ip],
+        Measure::Distinct(Field::Account),
+        600,
+        2,
+        Action::Ban(Duration::from_secs(600)),
+    );
+    ban.priority = 1;
+    let mut watch = rule(
+        "watch",
+        vec![Field::Ip],
+        Measure::Count,
+        600,
+        4,
+        Action::Log,
+    );
+    watch.priority = 2;
+    e.set_rules(vec![ban, watch], 64 * MIB);
+    for (i, a) in ["a", "b", "c"].iter().enumerate() {
+        let _ = eval(&e, &Req::new("192.0.2.30", a), T0 + i as u64);
+    }
+    let bans = e.bans(T0 + 5);
+    assert_eq!(bans.len(), 1);
+    assert!(e.lift(&bans[0].0));
+    // `ban` starts clean: one account is under 2. `watch` remembers 3 requests.
+    let v = eval(&e, &Req::new("192.0.2.30", "d"), T0 + 6);
+    assert_eq!(v.decision, Decision::Pass, "{:?}", v.hits);
+    let v = eval(&e, &Req::new("192.0.2.30", "d"), T0 + 7);
+    assert_eq!(v.hits.len(), 1);
+    assert_eq!(&*v.hits[0].rule, "watch");
+    assert_eq!(v.hits[0].estimate, 5.0);
+    let info = e.rules_info(T0 + 8);
+    assert_eq!(
+        info.iter().map(|i| i.tracked_keys).collect::<Vec<_>>(),
+        [1, 1]
+    );
+}
+
+/// A ban on a distinct rule holds for requests that lack the counted field (a banned
+/// address sending requests without a valid token has no account).
+#[test]
+fn a_ban_holds_when_the_counted_field_is_missing() {
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![rule(
+            "accounts-per-ip",
+            vec![Field::Ip],
+            Measure::Distinct(Field::Account),
+            600,
+            2,
+            Action::Ban(Duration::from_secs(600)),
+        )],
+        64 * MIB,
+    );
+    for (i, a) in ["a", "b", "c"].iter().enumerate() {
+        let _ = eval(&e, &Req::new("192.0.2.40", a), T0 + i as u64);
+    }
+    let anonymous = Req {
+        account: None,
+        token: None,
+        ..Req::new("192.0.2.40", "x")
+    };
+    let v = eval(&e, &anonymous, T0 + 10);
+    assert!(matches!(v.decision, Decision::Banned { .. }), "{v:?}");
+    // Another address without an account is not tracked at all.
+    let v = eval(
+        &e,
+        &Req {
+            account: None,
+            token: None,
+            ..Req::new("192.0.2.41", "x")
+        },
+        T0 + 10,
+    );
+    assert_eq!(v.decision, Decision::Pass);
+    assert_eq!(e.tracked_keys(), 1);
+}
+
+/// More rules on one key than fit an entry: they spill into a second group and all
+/// still count; hits and tags come in priority order whatever the grouping.
+#[test]
+fn many_rules_on_one_key_and_hits_in_priority_order() {
+    let e = Engine::new(64 * MIB, 1000);
+    let rules: Vec<Rule> = (0..11)
+        .map(|i| {
+            let mut r = rule(
+                &format!("r{i:02}"),
+                vec![Field::Ip],
+                Measure::Count,
+                60,
+                i,
+                Action::Tag,
+            );
+            r.priority = 100 - i as i64;
+            r
+        })
+        .collect();
+    e.set_rules(rules, 64 * MIB);
+    let q = Req::new("192.0.2.50", "a");
+    let mut v = eval(&e, &q, T0);
+    for i in 1..12 {
+        v = eval(&e, &q, T0 + i);
+    }
+    // 12 requests: every rule (thresholds 0..=10) is over.
+    let names: Vec<&str> = v.hits.iter().map(|h| &*h.rule).collect();
+    let expected: Vec<String> = (0..11).rev().map(|i| format!("r{i:02}")).collect();
+    assert_eq!(names, expected);
+    assert_eq!(v.tags.iter().map(|t| &**t).collect::<Vec<_>>(), expected);
+    assert!(v.hits.iter().all(|h| h.estimate == 12.0));
+    assert_eq!(e.tracked_keys(), 2, "two groups of the same key");
+}
