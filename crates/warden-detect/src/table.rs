@@ -355,6 +355,31 @@ mod tests {
         assert!(t.table_bytes() >= model.len() * 16);
     }
 
+    /// Threads counting into shared keys while the shards double: no count is lost.
+    #[test]
+    fn concurrent_updates_through_resizes() {
+        let t: Table<u64> = Table::default();
+        std::thread::scope(|s| {
+            for th in 0..4u64 {
+                let t = &t;
+                s.spawn(move || {
+                    for i in 0..50_000u64 {
+                        // Keys spread over all shards; each key hit by every thread.
+                        let key = (i % 20_000).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                        t.update(key, |v| *v += 1);
+                        if i % 1000 == th {
+                            t.prefetch(key);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(t.len(), 20_000);
+        let mut total = 0;
+        t.for_each(|_, v| total += *v);
+        assert_eq!(total, 4 * 50_000);
+    }
+
     #[test]
     fn backward_shift_keeps_runs_reachable() {
         // Keys with the same home bucket across the array's end.
