@@ -362,11 +362,16 @@ impl Warden {
 
     /// Starts warden with a rule file holding `rules` (TOML `[[rules]]`), plus `extra`.
     pub fn start_with_rules(upstream: &Upstream, rules: &str, extra: &str) -> Self {
+        Self::start_with_rules_to(upstream.addr, rules, extra)
+    }
+
+    /// [`Warden::start_with_rules`] in front of any upstream address.
+    pub fn start_with_rules_to(upstream: SocketAddr, rules: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("rules.toml"), rules).expect("write rules");
         Self::start_in(
             dir,
-            upstream.addr,
+            upstream,
             &format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}"),
             "",
         )

@@ -811,3 +811,58 @@ fn a_truncated_store_stops_start_up_with_a_clear_error_and_the_documented_recove
         "not re-imported: refused"
     );
 }
+
+#[test]
+fn a_flood_of_forwarded_addresses_keeps_rule_state_under_its_cap() {
+    // The engine test floods a million addresses (crates/warden-detect); this one checks
+    // the path a real flood takes: X-Forwarded-For from a trusted proxy, through the proxy,
+    // into the rules, against a small cap. 20,000 addresses, 6x what the cap holds.
+    const CAP: f64 = 256.0 * 1024.0;
+    let rec = Recorder::start();
+    let w = Warden::start_with_rules_to(
+        rec.addr,
+        "[[rules]]\nname = \"per-ip\"\nkey = [\"ip\"]\nwindow = \"1h\"\nthreshold = 1000000\naction = \"log\"\n",
+        "max_state_bytes = \"256KiB\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    );
+    let started = Instant::now();
+    let senders: Vec<_> = (0..4u32)
+        .map(|t| {
+            let proxy = w.proxy;
+            std::thread::spawn(move || {
+                let mut c = Conn::open(proxy, Duration::from_secs(10)).expect("connect");
+                for i in 0..5000u32 {
+                    let n = t * 5000 + i;
+                    let req = format!(
+                        "GET /open/x HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.{}.{}.{}\r\n\r\n",
+                        n >> 16,
+                        (n >> 8) & 255,
+                        n & 255
+                    );
+                    c.send(req.as_bytes()).expect("send");
+                    let r = c.response().expect("read").expect("response");
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().expect("sender");
+    }
+    let took = started.elapsed();
+    let bytes = w.metric("warden_state_bytes");
+    let keys = w.metric("warden_tracked_keys");
+    let evicted = w.metric("warden_state_evictions_total");
+    eprintln!(
+        "20,000 addresses in {took:?}: {keys} keys tracked, {bytes} bytes, {evicted} evicted"
+    );
+    assert!(
+        bytes > 0.0 && bytes <= CAP,
+        "rule state {bytes} bytes over the {CAP} cap"
+    );
+    assert!(keys < 20_000.0, "{keys} keys tracked: nothing was evicted");
+    assert!(evicted > 0.0);
+    assert_eq!(
+        w.metric("warden_rule_hits_total{mode=\"enforce\",rule=\"per-ip\"}"),
+        0.0
+    );
+}
