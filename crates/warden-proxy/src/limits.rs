@@ -43,7 +43,11 @@ pub(crate) fn check_header(session: &Session, limits: &Limits) -> Option<HttpRef
     if size > limits.max_header_bytes {
         return Some(HttpRefusal::HeaderTooLarge);
     }
-    if let Some(raw) = raw {
+    // Only requests that declare a body are scanned (pingora keeps one of the two framing
+    // fields in its parsed header whenever the raw one had any): GETs pay nothing.
+    let declares_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req.headers.contains_key(http::header::CONTENT_LENGTH);
+    if let Some(raw) = raw.filter(|_| declares_body) {
         if ambiguous_framing(&raw) {
             return Some(HttpRefusal::AmbiguousFraming);
         }
