@@ -80,3 +80,27 @@ fn rules() {
 fn ingest_line() {
     fuzz("ingest_line");
 }
+
+#[test]
+fn the_token_corpus_reaches_verification() {
+    // Seeds that verify make mutations explore the signature and claims code, not only
+    // the parser; regenerate the corpus if this fails (the sample keys changed).
+    use warden_core::keys::{KeyRegistry, KeyState};
+    use warden_core::verify::{Policy, Verifier};
+    let registry = KeyRegistry::build(
+        warden_fuzz::KIDS
+            .iter()
+            .map(|(kid, key)| key.spec(kid, KeyState::Active))
+            .collect(),
+    )
+    .expect("sample keys");
+    let v = Verifier::new(registry, Policy::default());
+    let dir = corpus_dir("token");
+    for kid in ["rs", "es", "ed", "hs"] {
+        let t = std::fs::read_to_string(dir.join(format!("valid-{kid}"))).expect("seed");
+        assert!(
+            v.verify(&t, warden_fuzz::NOW).is_ok(),
+            "valid-{kid} does not verify"
+        );
+    }
+}
