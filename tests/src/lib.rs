@@ -299,15 +299,38 @@ pub struct Warden {
     /// Retirement time of [`kid::RETIRED`].
     pub retired_at: u64,
     extra: String,
+    token_extra: String,
+    upstream: SocketAddr,
 }
 
 impl Warden {
     /// Starts warden in front of `upstream` with the standard test config plus `extra` TOML.
     pub fn start(upstream: &Upstream, extra: &str) -> Self {
-        Self::start_in(tempfile::tempdir().expect("tempdir"), upstream, extra)
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            upstream.addr,
+            extra,
+            "",
+        )
     }
 
-    fn start_in(dir: tempfile::TempDir, upstream: &Upstream, extra: &str) -> Self {
+    /// Starts warden in front of any upstream address, with `token_extra` lines added to
+    /// the `[token]` section and `extra` TOML at the end.
+    pub fn start_to(upstream: SocketAddr, token_extra: &str, extra: &str) -> Self {
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            upstream,
+            extra,
+            token_extra,
+        )
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        upstream: SocketAddr,
+        extra: &str,
+        token_extra: &str,
+    ) -> Self {
         let keys = dir.path().join("keys");
         std::fs::create_dir_all(&keys).expect("mkdir keys");
         let write =
@@ -328,8 +351,10 @@ impl Warden {
             admin,
             retired_at,
             extra: extra.to_owned(),
+            token_extra: token_extra.to_owned(),
+            upstream,
         };
-        w.write_config(upstream.addr, "");
+        w.write_config(upstream, "");
         let mut w = w;
         w.spawn();
         w
@@ -337,12 +362,18 @@ impl Warden {
 
     /// Starts warden with a rule file holding `rules` (TOML `[[rules]]`), plus `extra`.
     pub fn start_with_rules(upstream: &Upstream, rules: &str, extra: &str) -> Self {
+        Self::start_with_rules_to(upstream.addr, rules, extra)
+    }
+
+    /// [`Warden::start_with_rules`] in front of any upstream address.
+    pub fn start_with_rules_to(upstream: SocketAddr, rules: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("rules.toml"), rules).expect("write rules");
         Self::start_in(
             dir,
             upstream,
             &format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}"),
+            "",
         )
     }
 
@@ -440,6 +471,7 @@ peers = ["{upstream}"]
 [token]
 cookie = "session"
 leeway = "5s"
+{token_extra}
 
 [ledger]
 path = "ledger.redb"
@@ -468,6 +500,7 @@ paths = ["/account/*"]
             proxy = self.proxy,
             admin = self.admin,
             extra = self.extra,
+            token_extra = self.token_extra,
         );
         std::fs::write(self.config_path(), text).expect("write config");
     }
@@ -529,6 +562,18 @@ paths = ["/account/*"]
             let _ = c.wait();
         }
         self.spawn();
+    }
+
+    /// Stops warden (SIGTERM, then SIGKILL if it lingers), keeping its directory.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+    }
+
+    /// The upstream address in the configuration.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
     }
 
     /// Sends SIGHUP.
@@ -670,5 +715,239 @@ mod tests {
             super::humantime_rfc3339(951_782_400),
             "2000-02-29T00:00:00Z"
         );
+    }
+}
+
+/// One request as an upstream received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request line and header fields, as sent by warden.
+    pub head: String,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// Values of a header field (name compared case-insensitively).
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+}
+
+/// An upstream in the test process that records every request it receives, parsing
+/// HTTP/1.1 framing strictly (one `Content-Length`, or `Transfer-Encoding: chunked`), and
+/// answers each with `200 ok`. Bytes it cannot parse are recorded as a request whose
+/// head starts with `UNPARSEABLE`. Threads end when their connection closes; the
+/// acceptor when the recorder is dropped.
+pub struct Recorder {
+    /// Its address.
+    pub addr: SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorder {
+    /// Starts one on a free loopback port.
+    pub fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
+        let addr = l.local_addr().expect("addr");
+        l.set_nonblocking(true).expect("nonblocking");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, s) = (std::sync::Arc::clone(&got), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let g = std::sync::Arc::clone(&g);
+                        std::thread::spawn(move || serve_recorded(c, &g));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { addr, got, stop }
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn serve_recorded(mut c: TcpStream, got: &std::sync::Mutex<Vec<Received>>) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let record = |r: Received| {
+        if let Ok(mut g) = got.lock() {
+            g.push(r);
+        }
+    };
+    loop {
+        match take_request(&mut buf) {
+            Framed::Done(r) => {
+                record(r);
+                if c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Framed::Bad(why) => {
+                record(Received {
+                    head: format!("UNPARSEABLE {why}: {}", String::from_utf8_lossy(&buf)),
+                    body: Vec::new(),
+                });
+                return;
+            }
+            Framed::More => {}
+        }
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                if !buf.is_empty() {
+                    record(Received {
+                        head: format!("INCOMPLETE: {}", String::from_utf8_lossy(&buf)),
+                        body: Vec::new(),
+                    });
+                }
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+enum Framed {
+    Done(Received),
+    More,
+    Bad(&'static str),
+}
+
+fn take_request(buf: &mut Vec<u8>) -> Framed {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Framed::More;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let r = Received {
+        head,
+        body: Vec::new(),
+    };
+    let cl = r.header_values("content-length");
+    let te = r.header_values("transfer-encoding");
+    let rest = &buf[end + 4..];
+    let (body, used) = match (cl.as_slice(), te.as_slice()) {
+        ([], []) => (Vec::new(), 0),
+        ([n], []) => {
+            let Ok(n) = n.parse::<usize>() else {
+                return Framed::Bad("content-length");
+            };
+            if rest.len() < n {
+                return Framed::More;
+            }
+            (rest[..n].to_vec(), n)
+        }
+        ([], [t]) if t.eq_ignore_ascii_case("chunked") => {
+            let mut out = Vec::new();
+            let mut at = 0;
+            loop {
+                let Some(le) = rest[at..].windows(2).position(|w| w == b"\r\n") else {
+                    return Framed::More;
+                };
+                let size = std::str::from_utf8(&rest[at..at + le])
+                    .ok()
+                    .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok());
+                let Some(size) = size else {
+                    return Framed::Bad("chunk size");
+                };
+                at += le + 2;
+                if size == 0 {
+                    // No trailers from warden: the final CRLF.
+                    if rest.len() < at + 2 {
+                        return Framed::More;
+                    }
+                    at += 2;
+                    break;
+                }
+                if rest.len() < at + size + 2 {
+                    return Framed::More;
+                }
+                out.extend_from_slice(&rest[at..at + size]);
+                at += size + 2;
+            }
+            (out, at)
+        }
+        _ => return Framed::Bad("ambiguous framing reached the upstream"),
+    };
+    let total = end + 4 + used;
+    buf.drain(..total);
+    Framed::Done(Received { body, ..r })
+}
+
+/// A kept-alive client connection for raw HTTP/1.1 exchanges.
+pub struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects to `addr` (reads time out after `read_timeout`).
+    pub fn open(addr: SocketAddr, read_timeout: Duration) -> std::io::Result<Self> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(read_timeout))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Self { s, buf: Vec::new() })
+    }
+
+    /// Sends bytes.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(bytes)
+    }
+
+    /// Reads one response (framed by `Content-Length`; without one, until close).
+    /// `Ok(None)`: the connection closed (or was reset) before a response.
+    pub fn response(&mut self) -> std::io::Result<Option<Response>> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let len = head.lines().find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                });
+                if let Some(len) = len {
+                    if self.buf.len() >= end + 4 + len {
+                        let rest = self.buf.split_off(end + 4 + len);
+                        let r = parse_response(&self.buf);
+                        self.buf = rest;
+                        return Ok(r);
+                    }
+                }
+            }
+            match self.s.read(&mut chunk) {
+                Ok(0) => {
+                    let r = parse_response(&self.buf);
+                    self.buf.clear();
+                    return Ok(r);
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

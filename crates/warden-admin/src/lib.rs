@@ -20,7 +20,13 @@
 //! "auth" means `Authorization: Bearer <token>`, the token read from `admin.token_file`,
 //! compared in constant time. Without a token file those endpoints answer 403. A failed
 //! authentication is counted (`warden_admin_auth_failures_total`) and answered only after
-//! a delay, which slows guessing.
+//! a delay (250 ms), which slows a guesser. At most [`AUTH_DELAY_SLOTS`] failures wait at
+//! once, so the delay cannot be turned into a way to pile up connections and tasks: a
+//! failure beyond them is answered at once with 429 and counted in
+//! `warden_admin_auth_overflow_total`. Requests with the right token never wait for a
+//! slot, so a flood of wrong ones does not lock the operators or the issuance service
+//! out. Guessing stays hopeless because of the token's size, not the delay: `warden run`
+//! refuses a token shorter than 16 characters.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -47,6 +53,8 @@ pub const MAX_BODY: usize = 16 << 20;
 pub const MAX_BATCH: usize = 100_000;
 /// Delay before answering a failed authentication.
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
+/// Failed authentications delayed at once, at most; beyond, 429 at once.
+pub const AUTH_DELAY_SLOTS: usize = 32;
 
 /// What the admin API needs from the running warden.
 pub trait Control: Send + Sync + 'static {
@@ -74,6 +82,7 @@ pub trait Control: Send + Sync + 'static {
 pub struct AdminApp {
     control: Arc<dyn Control>,
     token_digest: Option<[u8; 32]>,
+    delay_slots: tokio::sync::Semaphore,
 }
 
 impl AdminApp {
@@ -83,6 +92,7 @@ impl AdminApp {
         Self {
             control,
             token_digest: token.map(|t| Sha256::digest(t.trim().as_bytes()).into()),
+            delay_slots: tokio::sync::Semaphore::new(AUTH_DELAY_SLOTS),
         }
     }
 }
@@ -409,6 +419,17 @@ impl AdminApp {
             }
             Auth::Failed => {
                 c.metrics().admin_auth_failures.inc();
+                let Ok(_slot) = self.delay_slots.try_acquire() else {
+                    c.metrics().admin_auth_overflow.inc();
+                    let mut r = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many failed authentications in progress",
+                    );
+                    if let Ok(v) = "1".parse() {
+                        r.headers_mut().insert("retry-after", v);
+                    }
+                    return r;
+                };
                 tokio::time::sleep(AUTH_FAILURE_DELAY).await;
                 let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 if let Ok(v) = "Bearer".parse() {

@@ -149,10 +149,11 @@ struct Sections {
     routing: raw::Routing,
     rules: raw::Rules,
     events: raw::Events,
+    limits: raw::Limits,
 }
 
 const SECTIONS: &str =
-    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules, events";
+    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules, events, limits";
 
 struct Compiler<'a> {
     sink: Sink<'a>,
@@ -218,6 +219,7 @@ impl Compiler<'_> {
                 "ledger" => self.sections.ledger = self.de("ledger", value),
                 "routing" => self.sections.routing = self.de("routing", value),
                 "events" => self.sections.events = self.de("events", value),
+                "limits" => self.sections.limits = self.de("limits", value),
                 "rules" if value.get_ref().is_table() => self.sections.rules = self.de("rules", value),
                 "rules" => self.sink.error(
                     key.span(),
@@ -244,6 +246,7 @@ impl Compiler<'_> {
         let routes = self.routes();
         let rules = self.rules();
         let events = self.events();
+        let limits = self.limits();
         Some(Config {
             source: path.to_owned(),
             server,
@@ -257,7 +260,57 @@ impl Compiler<'_> {
             routes,
             rules,
             events,
+            limits,
         })
+    }
+
+    fn limits(&mut self) -> Limits {
+        let l = std::mem::take(&mut self.sections.limits);
+        let d = Limits::default();
+        let timeout = |c: &mut Self, field: &str, v: &Option<S<String>>, default: Duration| {
+            let t = c.duration(field, v, default);
+            match v {
+                Some(v) if t.is_zero() || t > Duration::from_secs(3600) => {
+                    c.sink.error(
+                        v.span(),
+                        format!(
+                            "{field} = {:?} is out of range; expected more than 0s and at most 1h",
+                            v.get_ref()
+                        ),
+                    );
+                    default
+                }
+                _ => t,
+            }
+        };
+        let header_timeout = timeout(
+            self,
+            "limits.header_timeout",
+            &l.header_timeout,
+            d.header_timeout,
+        );
+        let body_timeout = timeout(self, "limits.body_timeout", &l.body_timeout, d.body_timeout);
+        // pingora refuses more than 1 MiB - 1 of header and more than 256 fields itself.
+        let max_header_bytes = match &l.max_header_bytes {
+            None => d.max_header_bytes,
+            Some(v) => match values::bytes(&mut self.sink, "limits.max_header_bytes", v) {
+                Some(n) if (1024..=1_048_575).contains(&n) => n,
+                Some(n) => {
+                    self.sink.error(
+                        v.span(),
+                        format!("limits.max_header_bytes = {n} bytes is out of range; expected 1KiB to 1048575 bytes (pingora's own limit)"),
+                    );
+                    d.max_header_bytes
+                }
+                None => d.max_header_bytes,
+            },
+        };
+        Limits {
+            header_timeout,
+            body_timeout,
+            max_header_bytes,
+            max_headers: self.count("limits.max_headers", &l.max_headers, d.max_headers, 1..257),
+        }
     }
 
     fn events(&mut self) -> EventSettings {

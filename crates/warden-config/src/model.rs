@@ -36,6 +36,35 @@ pub struct Config {
     pub rules: RuleSettings,
     /// Where events go.
     pub events: EventSettings,
+    /// What a client may send, and how slowly.
+    pub limits: Limits,
+}
+
+/// Limits on client requests (`[limits]`). pingora's own hard limits stay below them:
+/// 1 MiB of request header and 256 header fields, answered with 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// From the first byte of a request's header to its end (slow headers, "slowloris").
+    /// Over it, the connection is closed. Default 10 s.
+    pub header_timeout: Duration,
+    /// From the end of a request's header to the end of its body (slow bodies, "R.U.D.Y.").
+    /// Over it, 408 and the connection is closed. Default 60 s.
+    pub body_timeout: Duration,
+    /// Request line plus header fields, in bytes; over it, 431. Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// Header fields; over it, 431. Default 100, at most 256.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 << 10,
+            max_headers: 100,
+        }
+    }
 }
 
 /// Where structured events go.

@@ -20,6 +20,15 @@ pub struct Server {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub header_timeout: Option<S<String>>,
+    pub body_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<String>>,
+    pub max_headers: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: Option<S<String>>,
     pub token_file: Option<S<String>>,

@@ -395,3 +395,40 @@ fn rule_files_are_loaded_from_the_config_and_names_are_unique_across_files() {
     // `check_file` recognises a rule file on its own.
     assert!(check_file(&dir.path().join("a.toml")).is_ok());
 }
+
+#[test]
+fn limits_have_defaults_and_out_of_range_values_are_reported_in_place() {
+    let c = ok(MIN).config;
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+    let c = ok(&format!(
+        "{MIN}[limits]\nheader_timeout = \"2s\"\nbody_timeout = \"5s\"\nmax_header_bytes = \"8KiB\"\nmax_headers = 20\n"
+    ))
+    .config;
+    assert_eq!(
+        c.limits,
+        Limits {
+            header_timeout: Duration::from_secs(2),
+            body_timeout: Duration::from_secs(5),
+            max_header_bytes: 8192,
+            max_headers: 20,
+        }
+    );
+    let e = errs(&format!(
+        "{MIN}[limits]\nheader_timeout = \"0s\"\nbody_timeout = \"soon\"\nmax_header_bytes = \"2MiB\"\nmax_headers = 300\n"
+    ));
+    let want = [
+        "w.toml:4:18: error: limits.header_timeout = \"0s\" is out of range",
+        "w.toml:5:16: error: limits.body_timeout = \"soon\" is not a duration",
+        "w.toml:6:20: error: limits.max_header_bytes = 2097152 bytes is out of range",
+        "w.toml:7:15: error: limits.max_headers = 300 is out of range; expected 1 to 256",
+    ];
+    for w in want {
+        assert!(e.iter().any(|x| x.starts_with(w)), "{w}\nnot in\n{e:#?}");
+    }
+    let e = errs(&format!("{MIN}[limits]\nmax_body = 1\n"));
+    assert!(
+        e[0].starts_with("w.toml:4:1: error: unknown field `max_body`"),
+        "{e:?}"
+    );
+}

@@ -41,7 +41,7 @@ const MAX_BATCH_OPS: usize = 4096;
 #[derive(Debug, Error)]
 pub enum OpenError {
     /// redb refused the file (corrupt, truncated, locked by another process...).
-    #[error("ledger store {path}: {source}")]
+    #[error("ledger store {path}: {source}{}", recovery_hint(source))]
     Database {
         /// The file.
         path: PathBuf,
@@ -68,6 +68,16 @@ pub enum OpenError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What to do about a file redb refused: nothing to repair if another process holds it.
+fn recovery_hint(e: &redb::Error) -> &'static str {
+    match e {
+        redb::Error::DatabaseAlreadyOpen => {
+            "; is another warden (or `warden ledger`) using it? Stop it first"
+        }
+        _ => "; the file is damaged: see docs/operations.md, 'A corrupt ledger store', to recover",
+    }
 }
 
 fn db_err(path: &Path, e: impl Into<redb::Error>) -> OpenError {

@@ -40,6 +40,33 @@ pub const OUTCOMES: [&str; 5] = [
     "bad_request",
     "unavailable",
 ];
+/// Why warden refused a request or closed a connection before looking at its token,
+/// indexed by [`HttpRefusal`].
+pub const HTTP_REFUSALS: [&str; 5] = [
+    "header_timeout",
+    "body_timeout",
+    "header_too_large",
+    "too_many_headers",
+    "ambiguous_framing",
+];
+
+/// A request refused (or a connection closed) for how it was sent, not for its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// The request header did not arrive within `limits.header_timeout`: connection closed.
+    HeaderTimeout = 0,
+    /// The body did not arrive within `limits.body_timeout`: 408.
+    BodyTimeout = 1,
+    /// Request line and headers over `limits.max_header_bytes`: 431.
+    HeaderTooLarge = 2,
+    /// More header fields than `limits.max_headers`: 431.
+    TooManyHeaders = 3,
+    /// Framing two parsers could read differently (Content-Length with Transfer-Encoding,
+    /// several Content-Length or Transfer-Encoding fields, a coding other than `chunked`):
+    /// 400, never forwarded.
+    AmbiguousFraming = 4,
+}
+
 /// Ledger record sources.
 pub const SOURCES: [&str; 3] = ["admin", "inline", "import"];
 
@@ -93,6 +120,10 @@ pub struct Metrics {
     issuance_wait: Vec<IntCounter>,
     /// Failed admin authentications.
     pub admin_auth_failures: IntCounter,
+    /// Failed admin authentications answered at once (429) because every delay slot was
+    /// taken.
+    pub admin_auth_overflow: IntCounter,
+    http_refusals: Vec<IntCounter>,
     reloads: Vec<IntCounter>,
     /// Generation of the configuration in force (1 at start, +1 per successful reload).
     pub config_generation: IntGauge,
@@ -261,6 +292,18 @@ impl Metrics {
                 "warden_admin_auth_failures_total",
                 "Admin requests refused for a missing or wrong bearer token.",
             ),
+            admin_auth_overflow: counter(
+                &r,
+                "warden_admin_auth_overflow_total",
+                "Failed admin authentications answered at once with 429, every delay slot being taken.",
+            ),
+            http_refusals: counter_vec(
+                &r,
+                "warden_http_refusals_total",
+                "Requests refused or connections closed for how they were sent (timeouts, header limits, ambiguous framing), by reason.",
+                "reason",
+                &HTTP_REFUSALS,
+            ),
             reloads: counter_vec(
                 &r,
                 "warden_reloads_total",
@@ -378,6 +421,11 @@ impl Metrics {
             }
         }
         *declared = new;
+    }
+
+    /// Counts a request refused for how it was sent.
+    pub fn http_refusal(&self, r: HttpRefusal) {
+        self.http_refusals[r as usize].inc();
     }
 
     /// Counts a reload.

@@ -12,6 +12,8 @@
 #![warn(missing_docs)]
 
 pub mod client_ip;
+pub mod conn;
+pub mod limits;
 mod maintenance;
 pub mod path;
 mod proxy;
@@ -23,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use warden_config::model::{
-    ClientIp, Config, Ledger as LedgerCfg, Routes, RuleSettings, TokenSource, Upstream,
+    ClientIp, Config, Ledger as LedgerCfg, Limits, Routes, RuleSettings, TokenSource, Upstream,
 };
 use warden_config::Diagnostic;
 use warden_core::keys::KeyRegistry;
@@ -52,6 +54,8 @@ pub struct Settings {
     pub rules: RuleSettings,
     /// Files whose change triggers a reload: the configuration and the rule files.
     pub watched: Vec<std::path::PathBuf>,
+    /// Request limits (header and body timeouts, header size and count).
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -71,6 +75,7 @@ impl Settings {
             watched: std::iter::once(c.source.clone())
                 .chain(c.rules.files.iter().cloned())
                 .collect(),
+            limits: c.limits.clone(),
         }
     }
 }

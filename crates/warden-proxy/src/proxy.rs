@@ -10,14 +10,14 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use warden_config::model::{Capture, FailMode, Route, RouteClass};
 use warden_core::ledger::{Answer, Query, Revocation};
 use warden_core::verify::{reason_for, Checked, Verified};
 use warden_core::Reason;
 use warden_detect::{Decision as RuleDecision, Facts, Lookup, Verdict};
-use warden_metrics::{token_hash, DecisionKind, Event, IssuanceWait, Outcome, Source};
+use warden_metrics::{token_hash, DecisionKind, Event, HttpRefusal, IssuanceWait, Outcome, Source};
 use warden_rules::Mode;
 
 use crate::token_src::{self, Found};
@@ -39,6 +39,7 @@ pub struct Ctx {
     capture_body: Option<Vec<u8>>,
     tags: Vec<Arc<str>>,
     upstream_sent: Option<Instant>,
+    body_clock: Option<crate::limits::BodyClock>,
 }
 
 /// Warden's proxy.
@@ -327,6 +328,18 @@ impl WardenProxy {
     async fn filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let settings = self.shared.settings.load_full();
         ctx.settings = Some(Arc::clone(&settings));
+        if let Some(refusal) = crate::limits::check_header(session, &settings.limits) {
+            self.shared.metrics.http_refusal(refusal);
+            ctx.class = class_idx(settings.routes.default_class);
+            ctx.outcome = Some(Outcome::BadRequest);
+            let (status, body): (u16, &'static [u8]) = match refusal {
+                HttpRefusal::AmbiguousFraming => (400, b"{\"error\":\"bad_request\"}\n"),
+                _ => (431, b"{\"error\":\"request_header_too_large\"}\n"),
+            };
+            // Never read what follows an ambiguous request as another request.
+            session.set_keepalive(None);
+            return respond(session, status, body, &[("connection", "close")]).await;
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -557,7 +570,64 @@ impl ProxyHttp for WardenProxy {
             .metrics
             .filter_seconds
             .observe(started.elapsed().as_secs_f64());
+        if let (Ok(false), Some(s)) = (&result, &ctx.settings) {
+            ctx.body_clock = Some(crate::limits::BodyClock::start(session, &s.limits));
+        }
         result
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(clock) = ctx.body_clock {
+            if clock.check(session).is_err() {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(408),
+                    "request body not complete within limits.body_timeout",
+                ));
+            }
+            if end_of_stream {
+                ctx.body_clock = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let body_timeout = ctx.body_clock.is_some()
+            && (*e.etype() == ErrorType::HTTPStatus(408)
+                || (*e.etype() == ErrorType::ReadTimedout
+                    && *e.esource() == ErrorSource::Downstream));
+        // pingora's default mapping, with 408 for a body that came too slowly.
+        let code = match e.etype() {
+            _ if body_timeout => {
+                self.shared.metrics.http_refusal(HttpRefusal::BodyTimeout);
+                ctx.outcome = Some(Outcome::BadRequest);
+                408
+            }
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                log::debug!("cannot send error response {code}: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::LoadBalancer;
-use pingora::prelude::{background_service, http_proxy_service};
+use pingora::prelude::background_service;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
@@ -104,6 +104,10 @@ pub fn run(config_path: &Path, upgrade: bool) -> ExitCode {
     serve(config, upgrade, Vec::new())
 }
 
+/// The shortest admin token accepted: the admin API slows failed guesses, but only the
+/// token's size makes guessing hopeless.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 /// Starts every service and never returns unless start-up fails.
 pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -120,8 +124,17 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
     };
     let admin_token = match &config.admin.token_file {
         Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) if !t.trim().is_empty() => Some(t),
-            Ok(_) => return fail("admin.token_file", &format!("{} is empty", p.display())),
+            Ok(t) if t.trim().chars().count() >= MIN_ADMIN_TOKEN_CHARS => Some(t),
+            Ok(t) => {
+                return fail(
+                    "admin.token_file",
+                    &format!(
+                        "{} holds {} characters; use at least {MIN_ADMIN_TOKEN_CHARS} random ones, for example `head -c 32 /dev/urandom | base64`",
+                        p.display(),
+                        t.trim().chars().count()
+                    ),
+                )
+            }
             Err(e) => return fail("admin.token_file", &format!("{}: {e}", p.display())),
         },
         None => None,
@@ -183,9 +196,16 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
     let health = background_service("upstream health", lb);
     let upstreams = health.task();
 
-    let mut proxy = http_proxy_service(
-        &server.configuration,
-        WardenProxy::new(Arc::clone(&shared), upstreams),
+    // Every connection gets a deadline on each request header (limits.header_timeout).
+    let mut proxy = Service::new(
+        "warden proxy".to_string(),
+        warden_proxy::conn::Guarded::new(
+            pingora::proxy::http_proxy(
+                &server.configuration,
+                WardenProxy::new(Arc::clone(&shared), upstreams),
+            ),
+            Arc::clone(&shared),
+        ),
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
