@@ -118,8 +118,8 @@ pub struct Scenario {
     pub stolen_window: (u64, u64),
     /// Low-and-slow addresses (0: none).
     pub low_slow_addresses: usize,
-    /// Seconds between two accounts read by one low-and-slow address.
-    pub low_slow_interval_s: u64,
+    /// Milliseconds between two accounts read by one low-and-slow address.
+    pub low_slow_interval_ms: u64,
 }
 
 impl Scenario {
@@ -144,17 +144,17 @@ impl Scenario {
             stolen_rate: 100.0,
             stolen_window: (3 * 3600, 900),
             low_slow_addresses: 4,
-            low_slow_interval_s: 200,
+            low_slow_interval_ms: 200_000,
         }
     }
 
-    /// A scenario of a few seconds, for tests that drive a live warden.
+    /// A scenario of two seconds, for tests that drive a live warden.
     #[must_use]
     pub fn small(start_s: u64, kid: &str) -> Self {
         Self {
             seed: 7,
             start_s,
-            duration_s: 4,
+            duration_s: 2,
             kid: kid.into(),
             token_ttl_s: 3600,
             accounts: 40,
@@ -162,13 +162,15 @@ impl Scenario {
             zipf_s: 1.0,
             forged_addresses: 2,
             forged_rate: 6.0,
-            forged_window: (0, 4),
+            forged_window: (0, 2),
             stolen_tokens: 3,
             stolen_addresses: 40,
-            stolen_rate: 15.0,
-            stolen_window: (0, 4),
-            low_slow_addresses: 0,
-            low_slow_interval_s: 1,
+            stolen_rate: 20.0,
+            stolen_window: (0, 2),
+            // Fast, in a test: one address walking through accounts with issued tokens,
+            // banned by the per-address rule after 20 (403s on valid tokens).
+            low_slow_addresses: 1,
+            low_slow_interval_ms: 70,
         }
     }
 }
@@ -393,7 +395,7 @@ pub fn generate(s: &Scenario) -> Result<Traffic, String> {
     // --- low and slow ---
     for a in 0..s.low_slow_addresses {
         let ip = Ipv4Addr::from(0x7fd2_0000 | (1 + a as u32));
-        let mut t = t0 + rng.below(s.low_slow_interval_s * 1000);
+        let mut t = t0 + rng.below(s.low_slow_interval_ms);
         while t < end {
             victim += 1;
             let (tok, rec) = m.token(&account(victim), (t / 1000).saturating_sub(600), "w")?;
@@ -405,7 +407,7 @@ pub fn generate(s: &Scenario) -> Result<Traffic, String> {
                 token: Some(tok),
                 actor: Actor::LowSlow,
             });
-            t += s.low_slow_interval_s * 1000;
+            t += s.low_slow_interval_ms.max(1);
         }
     }
 

@@ -25,7 +25,7 @@ pub struct SimulateArgs {
     /// fields after the user agent).
     #[arg(long, default_value = "json")]
     format: String,
-    /// `report` (six hours, every attack: docs/detection.md) or `small` (four seconds).
+    /// `report` (six hours, every attack: docs/detection.md) or `small` (two seconds).
     #[arg(long, default_value = "report")]
     scenario: String,
     /// PRNG seed (default: the scenario's).
@@ -74,6 +74,9 @@ pub struct SimulateArgs {
     /// answered, as a JSON log (`warden replay` compares those statuses).
     #[arg(long, requires = "live")]
     log_out: Option<PathBuf>,
+    /// With --live: write the issued tokens' records (for `warden replay --records`).
+    #[arg(long, requires = "live")]
+    records_out: Option<PathBuf>,
 }
 
 fn scenario(a: &SimulateArgs, start_default: Option<u64>) -> Result<Scenario, String> {
@@ -235,8 +238,9 @@ fn live(a: &SimulateArgs, proxy: SocketAddr) -> Result<(), String> {
     if let Some(admin) = a.admin {
         loopback(admin, "--admin")?;
     }
-    // Tokens are valid from now: the traffic starts two seconds ahead.
-    let s = scenario(a, Some(now_ms() / 1000 + 2))?;
+    // Tokens are valid from now: the traffic starts a second ahead (or when the records
+    // are in, if that takes longer; the schedule then shifts).
+    let s = scenario(a, Some(now_ms() / 1000 + 1))?;
     let t = sim::generate(&s)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -256,6 +260,14 @@ fn live(a: &SimulateArgs, proxy: SocketAddr) -> Result<(), String> {
     println!("{}", summary(&t));
     for ((actor, status), n) in by {
         println!("{actor} {status}: {n}");
+    }
+    if let Some(p) = &a.records_out {
+        let text: String = t
+            .issued
+            .iter()
+            .map(|r| sim::record_line(r, &s.kid) + "\n")
+            .collect();
+        std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     if let Some(p) = &a.log_out {
         let mut w =
