@@ -169,7 +169,7 @@ pub fn render(r: &Report) -> String {
     }
     o.push_str("</table>");
     if !r.labels.is_empty() {
-        o.push_str("<h2>Labels</h2><table><tr><th>label</th><th>requests</th><th>reached upstream</th><th>after 10 s</th><th>first refusal after (ms)</th><th>requests before</th><th>users refused</th></tr>");
+        o.push_str("<h2>Labels</h2><table><tr><th>label</th><th>requests</th><th>reached upstream</th><th>after 10 s</th><th>first refusal after (ms)</th><th>requests before</th><th>clients refused</th></tr>");
         for l in &r.labels {
             let _ = write!(
                 o,

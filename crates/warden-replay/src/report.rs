@@ -123,13 +123,6 @@ pub struct Stats {
     key_buf: String,
 }
 
-fn user_hash(s: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
-}
-
 impl Stats {
     pub(crate) fn new(rules: &[Rule]) -> Self {
         Self {
@@ -230,13 +223,14 @@ impl Stats {
                 }),
             };
             l.requests += 1;
-            // A user is the verified account, else the logged one, else the address.
-            let account = facts
-                .and_then(|(f, _)| f.account)
-                .or(req.account.as_deref());
-            let user = match account {
-                Some(a) => user_hash(a),
-                None => user_hash(&req.ip.to_string()),
+            // A client is an address: in the simulator, one person or one scraper node.
+            // (Accounts would count a person twice: static assets carry no token.)
+            let user = match req.ip {
+                std::net::IpAddr::V4(a) => u64::from(u32::from(a)),
+                std::net::IpAddr::V6(a) => {
+                    let v = u128::from(a);
+                    (v as u64) ^ (v >> 64) as u64 ^ (1 << 63)
+                }
             };
             l.users.insert(user);
             if refused {
@@ -435,7 +429,7 @@ pub struct LabelReport {
     pub after_10s_reached: u64,
     /// Their share.
     pub share_reached_after_10s: f64,
-    /// Distinct users (account, else address).
+    /// Distinct client addresses.
     pub users: u64,
     /// Of which had at least one request refused.
     pub users_refused: u64,

@@ -363,13 +363,14 @@ fn report_counts_hits_first_hit_top_keys_and_labels() {
         .iter()
         .find(|l| l.label == "legit")
         .expect("label");
-    assert_eq!((legit.requests, legit.refused, legit.users), (30, 0, 3));
+    assert_eq!((legit.requests, legit.refused, legit.users), (30, 0, 1));
     let scraper = rep
         .labels
         .iter()
         .find(|l| l.label == "<script>scraper")
         .expect("label");
     assert_eq!(scraper.requests_before_first_refusal, Some(5));
+    assert_eq!((scraper.users, scraper.users_refused), (1, 1));
     assert_eq!(scraper.first_refusal_after_ms, Some(5000));
     assert_eq!(scraper.reached_upstream, 5);
     // Requests from 10 s on: 20, none reached.
