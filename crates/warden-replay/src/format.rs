@@ -91,6 +91,7 @@ fn cut(s: &str) -> String {
 
 /// A log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Format {
     /// One JSON object per line.
     JsonLines,
@@ -111,6 +112,7 @@ impl Format {
 
 /// What a log field feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Target {
     /// Request time.
     Time,

@@ -42,6 +42,7 @@ pub const SWEEP_EVERY_MS: u64 = 100;
 const TOKEN_MEMO_MAX: usize = 1 << 20;
 
 /// How provenance is decided.
+#[non_exhaustive]
 pub enum Provenance {
     /// Keys and ledger records: exactly the proxy's check.
     Checked {
@@ -57,6 +58,7 @@ pub enum Provenance {
 
 /// What the proxy would have answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Proxied to the upstream.
     Passed,
