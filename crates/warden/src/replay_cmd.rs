@@ -1,7 +1,7 @@
 //! `warden replay`: logged requests through the proxy's decision code, per-rule report.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -271,6 +271,14 @@ fn run(args: &ReplayArgs) -> Result<ExitCode, ()> {
     } else {
         report.text()
     };
-    println!("{text}");
-    Ok(ExitCode::SUCCESS)
+    // A closed pipe (`warden replay ... | head`) ends the output, not the process in a panic.
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("warden replay: writing the report: {e}");
+            Err(())
+        }
+    }
 }
