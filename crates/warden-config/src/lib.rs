@@ -29,6 +29,7 @@
 
 pub mod diag;
 pub mod model;
+pub mod path;
 #[allow(missing_docs)]
 pub mod raw;
 pub mod rules;

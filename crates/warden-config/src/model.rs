@@ -307,3 +307,63 @@ pub struct Routes {
     /// Match paths without regard to ASCII case (for upstreams that route that way).
     pub case_insensitive: bool,
 }
+
+impl Routes {
+    /// The route of a request (its index and itself) and the request's class: the first
+    /// route whose methods (all, when empty) and paths match, else the default class.
+    /// `path` must be normalized ([`crate::path::normalize`]). The proxy and log replay
+    /// both classify requests with this.
+    #[must_use]
+    pub fn find(&self, path: &str, method: &str) -> (Option<(usize, &Route)>, RouteClass) {
+        for (i, r) in self.list.iter().enumerate() {
+            if (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+                && r.paths.iter().any(|p| p.matches(path))
+            {
+                return (Some((i, r)), r.class);
+            }
+        }
+        (None, self.default_class)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, class: RouteClass, path: &str, methods: &[&str]) -> Route {
+        Route {
+            name: name.into(),
+            class,
+            paths: vec![PathPattern::parse(path, false).expect("pattern")],
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            on_backend_failure: FailMode::Closed,
+            reject_status: 401,
+            capture: None,
+        }
+    }
+
+    #[test]
+    fn first_matching_route_wins_and_methods_filter() {
+        let routes = Routes {
+            list: vec![
+                route("login", RouteClass::Issuance, "/account/login", &["POST"]),
+                route("account", RouteClass::Protected, "/account/*", &[]),
+            ],
+            default_class: RouteClass::Open,
+            case_insensitive: false,
+        };
+        let name = |p: &str, m: &str| {
+            let (r, class) = routes.find(p, m);
+            (r.map(|(i, r)| (i, r.name.clone())), class)
+        };
+        assert_eq!(
+            name("/account/login", "POST"),
+            (Some((0, "login".into())), RouteClass::Issuance)
+        );
+        assert_eq!(
+            name("/account/login", "GET"),
+            (Some((1, "account".into())), RouteClass::Protected)
+        );
+        assert_eq!(name("/static/x", "GET"), (None, RouteClass::Open));
+    }
+}

@@ -172,6 +172,19 @@ pub struct Query<'a> {
     pub issued_at: Option<u64>,
 }
 
+impl<'a> Query<'a> {
+    /// The question for a token that verified.
+    #[must_use]
+    pub fn of(v: &'a crate::verify::Verified) -> Self {
+        Self {
+            id: v.id,
+            account: &v.account,
+            kid: &v.kid,
+            issued_at: v.issued_at,
+        }
+    }
+}
+
 /// The ledger's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]

@@ -244,6 +244,17 @@ impl Verifier {
         }
     }
 
+    /// The provenance of a verified token once the ledger answered: [`reason_for`] the
+    /// answer, and a confirmed token is cached ([`Verifier::remember`]). The proxy and log
+    /// replay both finish every provenance check with this.
+    pub fn conclude(&self, checked: &Checked, answer: Answer) -> Reason {
+        let reason = reason_for(answer);
+        if reason == Reason::Ok {
+            self.remember(checked);
+        }
+        reason
+    }
+
     /// Drops cached tokens expired at `now`; if the cache is still over 90 % full,
     /// drops about half of it (by a bit of the cache key), so that a full cache keeps
     /// serving most tokens instead of sending them all back to signature checks at once.

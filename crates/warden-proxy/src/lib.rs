@@ -15,7 +15,6 @@ pub mod client_ip;
 pub mod conn;
 pub mod limits;
 mod maintenance;
-pub mod path;
 mod proxy;
 pub mod token_src;
 
@@ -36,6 +35,8 @@ use warden_metrics::{Event, Events, Metrics};
 
 pub use maintenance::Maintenance;
 pub use proxy::{Ctx, WardenProxy};
+/// Request path normalization (in `warden-config`, so that log replay runs the same code).
+pub use warden_config::path;
 
 /// The part of the configuration that a reload replaces.
 #[derive(Debug, Clone)]

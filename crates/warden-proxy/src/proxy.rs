@@ -14,7 +14,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use warden_config::model::{Capture, FailMode, Route, RouteClass};
 use warden_core::ledger::{Answer, Query, Revocation};
-use warden_core::verify::{reason_for, Checked, Verified};
+use warden_core::verify::{Checked, Verified};
 use warden_core::Reason;
 use warden_detect::{Decision as RuleDecision, Facts, Lookup, Verdict};
 use warden_metrics::{token_hash, DecisionKind, Event, HttpRefusal, IssuanceWait, Outcome, Source};
@@ -62,21 +62,6 @@ fn class_idx(c: RouteClass) -> usize {
         RouteClass::Issuance => 1,
         RouteClass::Open => 2,
     }
-}
-
-fn find_route<'a>(
-    settings: &'a Settings,
-    path: &str,
-    method: &str,
-) -> (Option<(usize, &'a Route)>, RouteClass) {
-    for (i, r) in settings.routes.list.iter().enumerate() {
-        if (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
-            && r.paths.iter().any(|p| p.matches(path))
-        {
-            return (Some((i, r)), r.class);
-        }
-    }
-    (None, settings.routes.default_class)
 }
 
 async fn respond(
@@ -151,12 +136,7 @@ async fn decide(shared: &Shared, token: &str, settings: &Settings) -> Decision {
             }
         };
         let v = &checked.verified;
-        let q = Query {
-            id: v.id,
-            account: &v.account,
-            kid: &v.kid,
-            issued_at: v.issued_at,
-        };
+        let q = Query::of(v);
         let mut answer = match ledger_answer(shared, &q, settings).await {
             Ok(a) => a,
             Err(()) => {
@@ -194,10 +174,7 @@ async fn decide(shared: &Shared, token: &str, settings: &Settings) -> Decision {
                 Err(_) => shared.metrics.issuance_wait(IssuanceWait::Overflow),
             }
         }
-        let reason = reason_for(answer);
-        if reason == Reason::Ok {
-            shared.verifier.remember(&checked);
-        }
+        let reason = shared.verifier.conclude(&checked, answer);
         Decision {
             reason,
             checked: Some(checked),
@@ -356,7 +333,7 @@ impl WardenProxy {
                 return respond(session, 400, b"{\"error\":\"bad_request\"}\n", &[]).await;
             }
         };
-        let (route, class) = find_route(&settings, &path, req.method.as_str());
+        let (route, class) = settings.routes.find(&path, req.method.as_str());
         ctx.class = class_idx(class);
         ctx.route = route.map(|(i, _)| i);
         let route = route.map(|(_, r)| r);

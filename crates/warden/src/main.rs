@@ -3,7 +3,9 @@
 
 mod demo;
 mod ledger_cmd;
+mod replay_cmd;
 mod run;
+mod simulate_cmd;
 mod upstream;
 
 use std::path::PathBuf;
@@ -59,6 +61,10 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Replay access logs through a rule file, as the proxy would decide (time from the log); report per rule.
+    Replay(replay_cmd::ReplayArgs),
+    /// Generate legitimate and attack traffic: a log for `replay`, or requests to a live warden on loopback.
+    Simulate(simulate_cmd::SimulateArgs),
     /// Run only the demo upstream (an account service with a login endpoint that signs with the sample key).
     Upstream {
         /// Listen address.
@@ -89,6 +95,8 @@ fn main() -> ExitCode {
             dir,
         } => demo::main(&listen, &admin, &upstream, dir),
         Command::Upstream { listen, kid, ttl } => upstream::main(&listen, &kid, ttl),
+        Command::Replay(args) => replay_cmd::main(&args),
+        Command::Simulate(args) => simulate_cmd::main(&args),
     }
 }
 

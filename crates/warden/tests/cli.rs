@@ -189,3 +189,127 @@ fn ledger_import_records_good_lines_and_reports_bad_ones_by_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn simulate_writes_what_check_ledger_import_and_replay_accept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = dir.path().join("sim");
+    let out = warden()
+        .args([
+            "simulate",
+            "--scenario",
+            "small",
+            "--format",
+            "combined",
+            "--out",
+        ])
+        .arg(&sim)
+        .output()
+        .expect("run warden simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = sim.join("warden.toml");
+    let out = warden().arg("check").arg(&conf).output().expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The records are in the format `warden ledger import` reads.
+    let records = sim.join("records.jsonl");
+    let n = std::fs::read_to_string(&records)
+        .expect("records")
+        .lines()
+        .count();
+    let out = warden()
+        .args(["ledger", "import", "--config"])
+        .arg(&conf)
+        .arg(&records)
+        .output()
+        .expect("ledger import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = warden()
+        .args(["ledger", "stats", "--config"])
+        .arg(&conf)
+        .output()
+        .expect("ledger stats");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("entries {n}")
+    );
+
+    // Replay with a diff against an empty rule file, an HTML report, and a bad line.
+    let log = sim.join("access.log");
+    let mut text = std::fs::read_to_string(&log).expect("log");
+    text.push_str("this is not a log line\n");
+    std::fs::write(&log, text).expect("append");
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").expect("write");
+    let pack =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules/default.toml");
+    let html = dir.path().join("report.html");
+    let out = warden()
+        .args([
+            "replay",
+            "--format",
+            "combined",
+            "--field",
+            "token=extra1",
+            "--field",
+            "label=extra2",
+        ])
+        .arg("--rules")
+        .arg(&empty)
+        .arg("--diff")
+        .arg(&pack)
+        .arg("--config")
+        .arg(&conf)
+        .arg("--records")
+        .arg(&records)
+        .arg("--log")
+        .arg(&log)
+        .arg("--html")
+        .arg(&html)
+        .arg("--json")
+        .output()
+        .expect("run warden replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON diff");
+    assert_eq!(d["before"]["bad_lines"], 1);
+    assert_eq!(
+        d["before"]["bad"][0]["error"]
+            .as_str()
+            .map(|e| e.starts_with("not in the combined format")),
+        Some(true)
+    );
+    // Without rules nothing but provenance refuses; the pack adds bans and revocations.
+    let changed = d["changed"].as_u64().expect("changed");
+    assert!(changed > 0, "{d}");
+    assert_eq!(d["before"]["outcomes"]["banned"], serde_json::Value::Null);
+    assert!(d["after"]["outcomes"]["banned"].as_u64() > Some(0));
+    assert!(d["transitions"]["passed -> banned"].as_u64() > Some(0));
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+
+    // A bad mapping is refused before anything is read.
+    let out = warden()
+        .args(["replay", "--field", "client=ip", "--rules"])
+        .arg(&empty)
+        .arg("--log")
+        .arg(&log)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target \"client\""));
+}

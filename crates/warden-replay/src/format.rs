@@ -1,0 +1,780 @@
+//! Access-log formats: JSON lines with mapped field names, and the nginx/Apache combined
+//! format with optional trailing fields.
+//!
+//! A line becomes a [`Request`] whose strings borrow from the line (a JSON string with
+//! escapes is the only case that allocates), so reading a log costs no allocation per
+//! line on the common path.
+//!
+//! ## Fields
+//! What warden needs of a request is a set of *targets*: `time`, `ip`, `method`, `path`
+//! (or `request`, the `"GET /path HTTP/1.1"` line), `token`, `account`, `label`,
+//! `status` and `header:NAME`. A [`FieldMap`] says where each is found: the key of a
+//! JSON object, or one of the combined format's fields (`host`, `ident`, `user`, `time`,
+//! `request`, `status`, `bytes`, `referer`, `agent`, then `extra1`.. for fields logged
+//! after the user agent, quoted or not).
+//!
+//! Times: RFC 3339 (`2026-01-02T03:04:05.123Z`, `+01:00` offsets, a space for the `T`),
+//! the combined format's `10/Oct/2026:13:55:36 -0700`, or unix seconds or milliseconds
+//! (a number, or a string of digits; values above 10^11 are milliseconds; fractions of
+//! seconds as nginx's `$msec` writes them are kept).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use thiserror::Error;
+
+/// Most `header:NAME` targets one map can hold.
+pub const MAX_HEADERS: usize = 4;
+/// Most fields after the user agent that the combined format reads (`extra1`..).
+pub const MAX_EXTRA: usize = 8;
+/// Unix milliseconds above which a number is milliseconds rather than seconds
+/// (10^11 seconds is the year 5138; 10^11 milliseconds is 1973).
+const MS_THRESHOLD: f64 = 1e11;
+
+/// Why a line was not read. Values are truncated to 80 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum LineError {
+    /// Not a JSON object (the parser's message).
+    #[error("not a JSON object: {0}")]
+    Json(String),
+    /// A required target is absent (or `-`, empty, null).
+    #[error("no {0} (map it with --field {0}=NAME)")]
+    Missing(&'static str),
+    /// The time is in no known form.
+    #[error("time {0:?} is not RFC 3339, a combined-log time or unix seconds/milliseconds")]
+    Time(String),
+    /// The client address is not an IP address.
+    #[error("client address {0:?} is not an IP address")]
+    Ip(String),
+    /// The request line is not `METHOD /path[?query] [PROTOCOL]`.
+    #[error("request {0:?} is not `METHOD /path HTTP/x`")]
+    RequestLine(String),
+    /// The status is not a number from 100 to 999.
+    #[error("status {0:?} is not an HTTP status")]
+    Status(String),
+    /// The line does not have the combined format's shape.
+    #[error("not in the combined format: {0}")]
+    Combined(String),
+    /// The line is not UTF-8.
+    #[error("the line is not UTF-8")]
+    Utf8,
+}
+
+/// Why a field mapping was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum MapError {
+    /// Not `TARGET=SOURCE`.
+    #[error("field mapping {0:?} is not TARGET=SOURCE (e.g. ip=remote_addr)")]
+    Shape(String),
+    /// An unknown target.
+    #[error("unknown target {0:?}: expected time, ip, method, path, request, token, account, label, status or header:NAME")]
+    Target(String),
+    /// An unknown combined-format field.
+    #[error("unknown combined-format field {0:?}: expected host, ident, user, time, request, status, bytes, referer, agent or extra1..extra8")]
+    Source(String),
+    /// More `header:` targets than [`MAX_HEADERS`].
+    #[error("at most {MAX_HEADERS} header targets, got {0}")]
+    TooManyHeaders(usize),
+}
+
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(80);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// A log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// One JSON object per line.
+    JsonLines,
+    /// `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"` and optional fields after.
+    Combined,
+}
+
+impl Format {
+    /// `json` or `combined`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "json" | "jsonl" | "json-lines" => Some(Self::JsonLines),
+            "combined" | "nginx" | "apache" => Some(Self::Combined),
+            _ => None,
+        }
+    }
+}
+
+/// What a log field feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target {
+    /// Request time.
+    Time,
+    /// Client address.
+    Ip,
+    /// Method.
+    Method,
+    /// Path, with or without the query.
+    Path,
+    /// `METHOD /path PROTOCOL`.
+    Request,
+    /// The session token (`Bearer ` prefix removed).
+    Token,
+    /// The account, when the token is not logged.
+    Account,
+    /// A label carried into the report (the simulator's `actor`: legit, forged...).
+    Label,
+    /// Response status the log recorded.
+    Status,
+    /// The n-th `header:NAME` target.
+    Header(usize),
+}
+
+/// Where each target is found in a line.
+#[derive(Debug, Clone)]
+pub struct FieldMap {
+    format: Format,
+    /// (source name, target); later entries for a target replace earlier ones.
+    entries: Vec<(Box<str>, Target)>,
+    headers: Vec<Box<str>>,
+    /// For the combined format: the target of each positional field.
+    positions: [Option<Target>; 9 + MAX_EXTRA],
+}
+
+const COMBINED_FIELDS: [&str; 9] = [
+    "host", "ident", "user", "time", "request", "status", "bytes", "referer", "agent",
+];
+
+impl FieldMap {
+    /// The default map of a format: JSON keys named like the targets (`time`, `ip`,
+    /// `method`, `path`, `token`, `account`, `label`, `status`); for the combined format,
+    /// `ip=host time=time request=request status=status header:referer=referer
+    /// header:user-agent=agent`.
+    #[must_use]
+    pub fn new(format: Format) -> Self {
+        let mut m = Self {
+            format,
+            entries: Vec::new(),
+            headers: Vec::new(),
+            positions: [None; 9 + MAX_EXTRA],
+        };
+        let defaults: &[(&str, &str)] = match format {
+            Format::JsonLines => &[
+                ("time", "time"),
+                ("ip", "ip"),
+                ("method", "method"),
+                ("path", "path"),
+                ("request", "request"),
+                ("token", "token"),
+                ("account", "account"),
+                ("label", "label"),
+                ("status", "status"),
+            ],
+            Format::Combined => &[
+                ("ip", "host"),
+                ("time", "time"),
+                ("request", "request"),
+                ("status", "status"),
+                ("header:referer", "referer"),
+                ("header:user-agent", "agent"),
+            ],
+        };
+        for (t, s) in defaults {
+            // The defaults are valid by construction.
+            let _ = m.set(t, s);
+        }
+        m
+    }
+
+    /// The format.
+    #[must_use]
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Applies `TARGET=SOURCE` (`ip=remote_addr`, `token=extra1`, `header:x-device=dev`).
+    /// An empty source unmaps the target.
+    pub fn apply(&mut self, spec: &str) -> Result<(), MapError> {
+        let (t, s) = spec
+            .split_once('=')
+            .ok_or_else(|| MapError::Shape(cut(spec)))?;
+        self.set(t.trim(), s.trim())
+    }
+
+    fn set(&mut self, target: &str, source: &str) -> Result<(), MapError> {
+        let t = match target {
+            "time" => Target::Time,
+            "ip" => Target::Ip,
+            "method" => Target::Method,
+            "path" => Target::Path,
+            "request" => Target::Request,
+            "token" => Target::Token,
+            "account" => Target::Account,
+            "label" => Target::Label,
+            "status" => Target::Status,
+            h => match h.strip_prefix("header:") {
+                Some(name) if !name.is_empty() => {
+                    let name = name.to_ascii_lowercase();
+                    match self.headers.iter().position(|n| **n == *name) {
+                        Some(i) => Target::Header(i),
+                        None => {
+                            if self.headers.len() == MAX_HEADERS {
+                                return Err(MapError::TooManyHeaders(MAX_HEADERS + 1));
+                            }
+                            self.headers.push(name.into());
+                            Target::Header(self.headers.len() - 1)
+                        }
+                    }
+                }
+                _ => return Err(MapError::Target(cut(target))),
+            },
+        };
+        if self.format == Format::Combined && !source.is_empty() {
+            combined_position(source).ok_or_else(|| MapError::Source(cut(source)))?;
+        }
+        self.entries.retain(|(_, e)| *e != t);
+        if !source.is_empty() {
+            self.entries.push((source.into(), t));
+        }
+        self.positions = [None; 9 + MAX_EXTRA];
+        if self.format == Format::Combined {
+            for (s, t) in &self.entries {
+                if let Some(p) = combined_position(s) {
+                    self.positions[p] = Some(*t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the `header:` targets, lower-case, by index.
+    #[must_use]
+    pub fn header_names(&self) -> &[Box<str>] {
+        &self.headers
+    }
+
+    /// Whether the token target is mapped.
+    #[must_use]
+    pub fn has(&self, target: Target) -> bool {
+        self.entries.iter().any(|(_, t)| *t == target)
+    }
+
+    fn json_target(&self, key: &str) -> Option<Target> {
+        self.entries
+            .iter()
+            .find(|(s, _)| **s == *key)
+            .map(|(_, t)| *t)
+    }
+
+    /// Reads one line (without its newline).
+    pub fn parse<'a>(&self, line: &'a [u8]) -> Result<Request<'a>, LineError> {
+        let mut p = Partial::default();
+        match self.format {
+            Format::JsonLines => {
+                let mut de = serde_json::Deserializer::from_slice(line);
+                p = LineSeed { map: self }
+                    .deserialize(&mut de)
+                    .map_err(|e| LineError::Json(cut(&e.to_string())))?;
+                de.end().map_err(|e| LineError::Json(cut(&e.to_string())))?;
+            }
+            Format::Combined => {
+                let text = std::str::from_utf8(line).map_err(|_| LineError::Utf8)?;
+                self.combined(text, &mut p)?;
+            }
+        }
+        p.finish()
+    }
+
+    fn combined<'a>(&self, line: &'a str, p: &mut Partial<'a>) -> Result<(), LineError> {
+        let b = line.as_bytes();
+        let mut i = 0;
+        let mut pos = 0;
+        let bad = |what: &str| LineError::Combined(what.to_owned());
+        while i < b.len() && pos < 9 + MAX_EXTRA {
+            while i < b.len() && b[i] == b' ' {
+                i += 1;
+            }
+            if i >= b.len() {
+                break;
+            }
+            let (value, next) = match (pos, b[i]) {
+                (3, b'[') => {
+                    let end = line[i..]
+                        .find(']')
+                        .ok_or_else(|| bad("no ] after the time"))?;
+                    (&line[i + 1..i + end], i + end + 1)
+                }
+                (3, _) => return Err(bad("the time is not in [brackets]")),
+                (_, b'"') => {
+                    let mut j = i + 1;
+                    while j < b.len() && b[j] != b'"' {
+                        j += if b[j] == b'\\' { 2 } else { 1 };
+                    }
+                    if j >= b.len() {
+                        return Err(bad("unterminated quoted field"));
+                    }
+                    (&line[i + 1..j], j + 1)
+                }
+                (4, _) => return Err(bad("the request is not quoted")),
+                _ => {
+                    let end = line[i..].find(' ').map_or(b.len(), |e| i + e);
+                    (&line[i..end], end)
+                }
+            };
+            if let Some(t) = self.positions[pos] {
+                p.put(t, Scalar::Str(Cow::Borrowed(value)));
+            }
+            i = next;
+            pos += 1;
+        }
+        if pos < 6 {
+            return Err(bad(
+                "fewer than six fields (host ident user [time] \"request\" status)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn combined_position(source: &str) -> Option<usize> {
+    if let Some(p) = COMBINED_FIELDS.iter().position(|f| *f == source) {
+        return Some(p);
+    }
+    let n: usize = source.strip_prefix("extra")?.parse().ok()?;
+    (1..=MAX_EXTRA).contains(&n).then_some(8 + n)
+}
+
+/// A request read from a log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request<'a> {
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    /// Client address.
+    pub ip: IpAddr,
+    /// Method, as logged.
+    pub method: Cow<'a, str>,
+    /// Path as logged, without the query (not yet normalized).
+    pub path: Cow<'a, str>,
+    /// The token, `Bearer ` removed.
+    pub token: Option<Cow<'a, str>>,
+    /// The account.
+    pub account: Option<Cow<'a, str>>,
+    /// The label.
+    pub label: Option<Cow<'a, str>>,
+    /// The logged status.
+    pub status: Option<u16>,
+    /// Values of the map's `header:` targets, by index.
+    pub headers: [Option<Cow<'a, str>>; MAX_HEADERS],
+}
+
+/// A JSON value warden reads: strings borrow from the line.
+#[derive(Debug)]
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Int(u64),
+    Float(f64),
+    Null,
+}
+
+impl<'a> Scalar<'a> {
+    /// The value as text; `None` for null, empty and `-` (nginx's "no value").
+    fn text(self) -> Option<Cow<'a, str>> {
+        match self {
+            Scalar::Str(s) if s.is_empty() || s == "-" => None,
+            Scalar::Str(s) => Some(s),
+            Scalar::Int(n) => Some(Cow::Owned(n.to_string())),
+            Scalar::Float(f) => Some(Cow::Owned(f.to_string())),
+            Scalar::Null => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Partial<'a> {
+    time: Option<Scalar<'a>>,
+    ip: Option<Scalar<'a>>,
+    method: Option<Scalar<'a>>,
+    path: Option<Scalar<'a>>,
+    request: Option<Scalar<'a>>,
+    token: Option<Scalar<'a>>,
+    account: Option<Scalar<'a>>,
+    label: Option<Scalar<'a>>,
+    status: Option<Scalar<'a>>,
+    headers: [Option<Scalar<'a>>; MAX_HEADERS],
+}
+
+impl<'a> Partial<'a> {
+    fn put(&mut self, t: Target, v: Scalar<'a>) {
+        let slot = match t {
+            Target::Time => &mut self.time,
+            Target::Ip => &mut self.ip,
+            Target::Method => &mut self.method,
+            Target::Path => &mut self.path,
+            Target::Request => &mut self.request,
+            Target::Token => &mut self.token,
+            Target::Account => &mut self.account,
+            Target::Label => &mut self.label,
+            Target::Status => &mut self.status,
+            Target::Header(i) => match self.headers.get_mut(i) {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        *slot = Some(v);
+    }
+
+    fn finish(self) -> Result<Request<'a>, LineError> {
+        let text = |s: Option<Scalar<'a>>| s.and_then(Scalar::text);
+        let time_ms = match self.time {
+            None => return Err(LineError::Missing("time")),
+            Some(Scalar::Int(n)) => unix_number(n as f64),
+            Some(Scalar::Float(f)) => unix_number(f),
+            Some(Scalar::Null) => return Err(LineError::Missing("time")),
+            Some(Scalar::Str(s)) => parse_time(&s).ok_or_else(|| LineError::Time(cut(&s)))?,
+        };
+        let ip_text = text(self.ip).ok_or(LineError::Missing("ip"))?;
+        let ip = parse_ip(&ip_text).ok_or_else(|| LineError::Ip(cut(&ip_text)))?;
+        let (method, path) = match (text(self.method), text(self.path)) {
+            (Some(m), Some(p)) => (m, p),
+            (m, p) => match text(self.request) {
+                Some(r) => split_request(r)?,
+                None if m.is_none() => return Err(LineError::Missing("method")),
+                None => {
+                    let _ = p;
+                    return Err(LineError::Missing("path"));
+                }
+            },
+        };
+        let path = strip_query(path);
+        let status = match self.status {
+            None | Some(Scalar::Null) => None,
+            Some(Scalar::Int(n)) => Some(
+                u16::try_from(n)
+                    .ok()
+                    .filter(|s| (100..1000).contains(s))
+                    .ok_or_else(|| LineError::Status(n.to_string()))?,
+            ),
+            Some(other) => match other.text() {
+                None => None,
+                Some(s) => Some(
+                    s.parse::<u16>()
+                        .ok()
+                        .filter(|s| (100..1000).contains(s))
+                        .ok_or_else(|| LineError::Status(cut(&s)))?,
+                ),
+            },
+        };
+        let token = text(self.token).map(|t| match t {
+            Cow::Borrowed(b) => Cow::Borrowed(strip_bearer(b)),
+            Cow::Owned(o) => Cow::Owned(strip_bearer(&o).to_owned()),
+        });
+        let [h0, h1, h2, h3] = self.headers;
+        Ok(Request {
+            time_ms,
+            ip,
+            method,
+            path,
+            token,
+            account: text(self.account),
+            label: text(self.label),
+            status,
+            headers: [text(h0), text(h1), text(h2), text(h3)],
+        })
+    }
+}
+
+fn strip_bearer(t: &str) -> &str {
+    let t = t.trim();
+    match t.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("bearer ") => t[7..].trim_start(),
+        _ => t,
+    }
+}
+
+fn strip_query(p: Cow<'_, str>) -> Cow<'_, str> {
+    match p.find(['?', '#']) {
+        None => p,
+        Some(i) => match p {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[..i]),
+            Cow::Owned(mut o) => {
+                o.truncate(i);
+                Cow::Owned(o)
+            }
+        },
+    }
+}
+
+/// `GET /path?q HTTP/1.1` (or absolute-form `GET http://host/path HTTP/1.1`).
+fn split_request(r: Cow<'_, str>) -> Result<(Cow<'_, str>, Cow<'_, str>), LineError> {
+    fn split(r: &str) -> Option<(&str, &str)> {
+        let mut it = r.split(' ').filter(|s| !s.is_empty());
+        let method = it.next()?;
+        let target = it.next()?;
+        if !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return None;
+        }
+        let path = if target.starts_with('/') {
+            target
+        } else {
+            let rest = target
+                .strip_prefix("http://")
+                .or_else(|| target.strip_prefix("https://"))?;
+            rest.find('/').map_or("/", |i| &rest[i..])
+        };
+        Some((method, path))
+    }
+    match r {
+        Cow::Borrowed(b) => {
+            let (m, p) = split(b).ok_or_else(|| LineError::RequestLine(cut(b)))?;
+            Ok((Cow::Borrowed(m), Cow::Borrowed(p)))
+        }
+        Cow::Owned(o) => {
+            let (m, p) = split(&o).ok_or_else(|| LineError::RequestLine(cut(&o)))?;
+            Ok((Cow::Owned(m.to_owned()), Cow::Owned(p.to_owned())))
+        }
+    }
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        return Some(IpAddr::V4(ip));
+    }
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
+fn unix_number(v: f64) -> u64 {
+    if !v.is_finite() || v < 0.0 {
+        return 0;
+    }
+    if v >= MS_THRESHOLD {
+        v as u64
+    } else {
+        (v * 1000.0).round() as u64
+    }
+}
+
+/// Parses a log time to unix milliseconds: RFC 3339, the combined format's
+/// `10/Oct/2026:13:55:36 -0700`, or unix seconds or milliseconds as digits.
+#[must_use]
+pub fn parse_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.first().is_some_and(u8::is_ascii_digit)
+        && b.iter().all(|c| c.is_ascii_digit() || *c == b'.')
+    {
+        return s.parse::<f64>().ok().map(unix_number);
+    }
+    if b.len() >= 19 && b[4] == b'-' {
+        return rfc3339(b);
+    }
+    if b.len() >= 20 && b[2] == b'/' {
+        return combined_time(b);
+    }
+    None
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn to_ms(days: i64, h: i64, mi: i64, sec: i64, frac_ms: i64, offset_s: i64) -> Option<u64> {
+    if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..61).contains(&sec) {
+        return None;
+    }
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
+    u64::try_from(secs * 1000 + frac_ms).ok()
+}
+
+fn rfc3339(b: &[u8]) -> Option<u64> {
+    let y = digits(&b[0..4])?;
+    let mo = digits(&b[5..7])?;
+    let d = digits(&b[8..10])?;
+    if b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let h = digits(&b[11..13])?;
+    let mi = digits(&b[14..16])?;
+    let sec = digits(&b[17..19])?;
+    let mut i = 19;
+    let mut frac_ms = 0;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let f = &b[start..i.min(start + 3)];
+        frac_ms = digits(f)? * [100, 10, 1][f.len() - 1];
+    }
+    let offset = match &b[i..] {
+        [b'Z' | b'z'] => 0,
+        [s @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let v = digits(&[*h1, *h2])? * 3600 + digits(&[*m1, *m2])? * 60;
+            if *s == b'-' {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    to_ms(days_from_civil(y, mo, d), h, mi, sec, frac_ms, offset)
+}
+
+fn combined_time(b: &[u8]) -> Option<u64> {
+    // 10/Oct/2026:13:55:36 -0700
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    if b.len() != 26
+        || b[2] != b'/'
+        || b[6] != b'/'
+        || b[11] != b':'
+        || b[14] != b':'
+        || b[17] != b':'
+    {
+        return None;
+    }
+    let d = digits(&b[0..2])?;
+    let mo = MONTHS.iter().position(|m| m[..] == b[3..6])? as i64 + 1;
+    let y = digits(&b[7..11])?;
+    let h = digits(&b[12..14])?;
+    let mi = digits(&b[15..17])?;
+    let sec = digits(&b[18..20])?;
+    if b[20] != b' ' || !(1..=31).contains(&d) {
+        return None;
+    }
+    let off = digits(&b[22..24])? * 3600 + digits(&b[24..26])? * 60;
+    let off = match b[21] {
+        b'+' => off,
+        b'-' => -off,
+        _ => return None,
+    };
+    to_ms(days_from_civil(y, mo, d), h, mi, sec, 0, off)
+}
+
+// === JSON reading ===
+
+struct LineSeed<'m> {
+    map: &'m FieldMap,
+}
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
+    type Value = Partial<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_> {
+    type Value = Partial<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut p = Partial::default();
+        while let Some(key) = a.next_key::<Str<'de>>()? {
+            match self.map.json_target(&key.0) {
+                Some(t) => p.put(t, a.next_value::<ScalarDe<'de>>()?.0),
+                None => {
+                    let _ = a.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct ScalarDe<'a>(Scalar<'a>);
+
+impl<'de> de::Deserialize<'de> for ScalarDe<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ScalarDe<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, a number or null")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(ScalarDe(Scalar::Str(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ScalarDe(Scalar::Str(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(ScalarDe(Scalar::Int(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(ScalarDe(u64::try_from(v).map_or(Scalar::Null, Scalar::Int)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(ScalarDe(Scalar::Float(v)))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(ScalarDe(Scalar::Str(Cow::Borrowed(if v {
+                    "true"
+                } else {
+                    "false"
+                }))))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ScalarDe(Scalar::Null))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+#[path = "format_tests.rs"]
+mod tests;

@@ -1,0 +1,218 @@
+//! Rule tuning for warden: replay access logs through exactly the code the proxy runs,
+//! with the time taken from the log, and report what each rule would have done; and a
+//! deterministic traffic simulator (feature `sim`) for the detection report.
+//!
+//! No pingora, no tokio, no clock: [`Replayer::feed`] takes each request's time from the
+//! log, so a week of logs replays in seconds and always gives the same answer.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use warden_replay::{format::{FieldMap, Format}, replay_logs, Provenance, Replayer, Setup};
+//!
+//! let (rules, _) = warden_config::rules::compile_rule_str("r.toml".as_ref(), r#"
+//! [[rules]]
+//! name = "accounts-per-ip"
+//! key = ["ip"]
+//! measure = "distinct"
+//! distinct = "account"
+//! window = "1h"
+//! threshold = 2
+//! action = "block"
+//! "#);
+//! let log = "\
+//! {\"time\":\"2026-03-01T10:00:00Z\",\"ip\":\"192.0.2.7\",\"method\":\"GET\",\"path\":\"/account/a\",\"account\":\"alice\"}
+//! {\"time\":\"2026-03-01T10:00:01Z\",\"ip\":\"192.0.2.7\",\"method\":\"GET\",\"path\":\"/account/a\",\"account\":\"bob\"}
+//! not json
+//! {\"time\":\"2026-03-01T10:00:02Z\",\"ip\":\"192.0.2.7\",\"method\":\"GET\",\"path\":\"/account/a\",\"account\":\"carol\"}
+//! ";
+//! let mut r = Replayer::new(Setup {
+//!     rules: rules.into_iter().map(|l| l.rule).collect(),
+//!     max_state_bytes: 64 << 20,
+//!     max_bans: 1000,
+//!     routes: None,
+//!     provenance: Provenance::Unchecked { account_claim: "sub".into() },
+//!     log_has_tokens: false,
+//!     records: Arc::new(Vec::new()),
+//!     header_names: Vec::new(),
+//! });
+//! let map = FieldMap::new(Format::JsonLines);
+//! let run = replay_logs(vec![("access.log".into(), log.as_bytes())], &map, std::slice::from_mut(&mut r));
+//! assert_eq!(run.bad_lines, 1);
+//! assert_eq!(run.bad[0].line, 3);
+//! let report = r.stats.report(run.meta("unchecked", "r.toml"));
+//! assert_eq!(report.rules[0].would_block, 1); // the third account
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod format;
+pub mod html;
+pub mod replay;
+pub mod report;
+#[cfg(feature = "sim")]
+pub mod sim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+pub use replay::{Decided, Outcome, Provenance, Replayer, Setup};
+pub use report::{BadLine, Change, Diff, Meta, Report};
+
+use format::FieldMap;
+
+/// Bad lines listed in a report; the count stays exact beyond.
+pub const MAX_BAD_LISTED: usize = 20;
+/// Changed requests listed in a diff.
+pub const MAX_CHANGES_LISTED: usize = 20;
+
+/// What a run over the logs saw, beyond each replayer's statistics.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// Log files, in order.
+    pub files: Vec<String>,
+    /// Lines read (blank lines included).
+    pub lines: u64,
+    /// Lines that could not be read.
+    pub bad_lines: u64,
+    /// The first [`MAX_BAD_LISTED`] of them.
+    pub bad: Vec<BadLine>,
+    /// With two replayers: requests whose outcome differs.
+    pub changed: u64,
+    /// `before -> after` counts.
+    pub transitions: BTreeMap<String, u64>,
+    /// The first [`MAX_CHANGES_LISTED`] changes.
+    pub examples: Vec<Change>,
+    /// Requests whose logged status was compared with the first replayer's decision.
+    pub status_compared: u64,
+    /// Of which disagreed (see [`agrees`]).
+    pub status_mismatched: u64,
+    /// The first [`MAX_CHANGES_LISTED`] disagreements (`before`: logged, `after`: replay).
+    pub mismatches: Vec<Change>,
+}
+
+/// Whether a logged status agrees with a replayed decision: a refusal must have the
+/// refusal's status; a proxied request any status but warden's refusals (400, 401, 403,
+/// 429), since the upstream answered it. Replaying a live warden's own log with the rules
+/// it ran should agree on every line.
+#[must_use]
+pub fn agrees(logged: u16, d: &Decided) -> bool {
+    if d.outcome.reached_upstream() {
+        !matches!(logged, 400 | 401 | 403 | 429)
+    } else {
+        logged == d.status
+    }
+}
+
+impl Run {
+    /// The report's metadata.
+    #[must_use]
+    pub fn meta(&self, provenance: &str, rules_file: &str) -> Meta {
+        Meta {
+            provenance: provenance.to_owned(),
+            rules_file: rules_file.to_owned(),
+            files: self.files.clone(),
+            lines: self.lines,
+            bad_lines: self.bad_lines,
+            bad: self.bad.clone(),
+            status_compared: self.status_compared,
+            status_mismatched: self.status_mismatched,
+            mismatches: self.mismatches.clone(),
+        }
+    }
+}
+
+/// Reads every line of every input once and feeds each request to every replayer (one
+/// for a replay, two for a diff). A bad line is counted and listed, never fatal; a read
+/// error ends that input (counted as a bad line) and the run goes on with the next.
+pub fn replay_logs<R: BufRead>(
+    inputs: Vec<(String, R)>,
+    map: &FieldMap,
+    replayers: &mut [Replayer],
+) -> Run {
+    let mut run = Run::default();
+    let mut buf = Vec::with_capacity(4096);
+    let mut decided = Vec::with_capacity(replayers.len());
+    for (name, mut input) in inputs {
+        let mut n = 0u64;
+        loop {
+            buf.clear();
+            match input.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    run.bad_lines += 1;
+                    if run.bad.len() < MAX_BAD_LISTED {
+                        run.bad.push(BadLine {
+                            file: name.clone(),
+                            line: n + 1,
+                            error: format!("read error, rest of the file skipped: {e}"),
+                        });
+                    }
+                    break;
+                }
+            }
+            n += 1;
+            run.lines += 1;
+            let mut line = &buf[..];
+            while let Some((b'\n' | b'\r', rest)) = line.split_last() {
+                line = rest;
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let req = match map.parse(line) {
+                Ok(r) => r,
+                Err(e) => {
+                    run.bad_lines += 1;
+                    if run.bad.len() < MAX_BAD_LISTED {
+                        run.bad.push(BadLine {
+                            file: name.clone(),
+                            line: n,
+                            error: e.to_string(),
+                        });
+                    }
+                    continue;
+                }
+            };
+            decided.clear();
+            for (i, r) in replayers.iter_mut().enumerate() {
+                let d = r.feed(&req);
+                if let (0, Some(logged)) = (i, req.status) {
+                    run.status_compared += 1;
+                    if !agrees(logged, &d) {
+                        run.status_mismatched += 1;
+                        if run.mismatches.len() < MAX_CHANGES_LISTED {
+                            run.mismatches.push(Change {
+                                file: name.clone(),
+                                line: n,
+                                before: logged.to_string(),
+                                after: format!("{} ({})", d.outcome.name(), d.status),
+                            });
+                        }
+                    }
+                }
+                decided.push(d.outcome);
+            }
+            if let [a, b] = decided[..] {
+                if a != b {
+                    run.changed += 1;
+                    *run.transitions
+                        .entry(format!("{} -> {}", a.name(), b.name()))
+                        .or_default() += 1;
+                    if run.examples.len() < MAX_CHANGES_LISTED {
+                        run.examples.push(Change {
+                            file: name.clone(),
+                            line: n,
+                            before: a.name(),
+                            after: b.name(),
+                        });
+                    }
+                }
+            }
+        }
+        run.files.push(name);
+    }
+    run
+}
