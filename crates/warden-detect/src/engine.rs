@@ -290,6 +290,7 @@ pub struct Engine {
     max_state_bytes: AtomicUsize,
     max_bans: usize,
     last_idle_sweep_ms: AtomicU64,
+    idle_sweep_ms: AtomicU64,
 }
 
 /// How often [`Engine::sweep`] walks the tables for idle keys.
@@ -332,6 +333,7 @@ impl Engine {
             max_state_bytes: AtomicUsize::new(max_state_bytes),
             max_bans,
             last_idle_sweep_ms: AtomicU64::new(0),
+            idle_sweep_ms: AtomicU64::new(IDLE_SWEEP_MS),
         }
     }
 
@@ -856,6 +858,14 @@ impl Engine {
         self.set.load().groups.iter().map(|g| g.state.bytes()).sum()
     }
 
+    /// How often (in the time passed to [`Engine::sweep`]) idle keys are dropped; the
+    /// default is [`IDLE_SWEEP_MS`]. Dropping idle keys changes no decision (an idle key
+    /// counts zero either way), only memory: log replay, which runs hours of log time in
+    /// seconds, sets it longer so the walk over every table does not dominate.
+    pub fn set_idle_sweep_interval(&self, ms: u64) {
+        self.idle_sweep_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
     /// Drops ended bans, idle keys (at most every [`IDLE_SWEEP_MS`]), and evicts the
     /// lowest-scoring keys while the state is over its cap. Call it periodically (the
     /// proxy does every 100 ms, so a flood is evicted within 100 ms).
@@ -879,7 +889,8 @@ impl Engine {
         // it every few seconds, not on every call. Eviction below still runs whenever the
         // cap is exceeded.
         let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
-        let idle_due = now_ms.saturating_sub(last) >= IDLE_SWEEP_MS || now_ms < last;
+        let every = self.idle_sweep_ms.load(Ordering::Relaxed);
+        let idle_due = now_ms.saturating_sub(last) >= every || now_ms < last;
         if idle_due {
             self.last_idle_sweep_ms.store(now_ms, Ordering::Relaxed);
             for g in &set.groups {

@@ -56,6 +56,10 @@ struct Shard<V> {
 #[derive(Debug)]
 pub(crate) struct Table<V> {
     shards: Box<[Shard<V>]>,
+    /// Entries and bucket-array bytes over all shards, kept as they change, so that the
+    /// maintenance task's gauges and the cap check lock nothing.
+    len: AtomicUsize,
+    bytes: AtomicUsize,
 }
 
 impl<V: Default> Default for Table<V> {
@@ -71,6 +75,8 @@ impl<V: Default> Default for Table<V> {
                     mask: AtomicUsize::new(0),
                 })
                 .collect(),
+            len: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
         }
     }
 }
@@ -167,6 +173,20 @@ impl<V: Default> Table<V> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+    /// Rebuilds a shard into `capacity` buckets and publishes its new address.
+    fn resize(&self, shard: usize, inner: &mut Inner<V>, capacity: usize) {
+        let size = std::mem::size_of::<Bucket<V>>();
+        let before = inner.buckets.len();
+        inner.rebuild(capacity);
+        if capacity >= before {
+            self.bytes
+                .fetch_add((capacity - before) * size, Ordering::Relaxed);
+        } else {
+            self.bytes
+                .fetch_sub((before - capacity) * size, Ordering::Relaxed);
+        }
+        self.publish(shard, inner);
+    }
 
     fn publish(&self, shard: usize, inner: &Inner<V>) {
         let s = &self.shards[shard];
@@ -208,13 +228,13 @@ impl<V: Default> Table<V> {
         };
         if i == usize::MAX || (g.buckets[i].key == 0 && (g.len + 1) * 4 > g.buckets.len() * 3) {
             let capacity = (g.buckets.len() * 2).max(MIN_BUCKETS);
-            g.rebuild(capacity);
-            self.publish(shard, &g);
+            self.resize(shard, &mut g, capacity);
             i = g.probe(key);
         }
         if g.buckets[i].key == 0 {
             g.buckets[i].key = key;
             g.len += 1;
+            self.len.fetch_add(1, Ordering::Relaxed);
         }
         f(&mut g.buckets[i].value)
     }
@@ -226,18 +246,14 @@ impl<V: Default> Table<V> {
         let i = g.find(key)?;
         Some(f(&mut g.buckets[i].value))
     }
-
     /// Entries.
     pub(crate) fn len(&self) -> usize {
-        (0..SHARDS).map(|s| self.lock(s).len).sum()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// Bytes of the bucket arrays.
     pub(crate) fn table_bytes(&self) -> usize {
-        (0..SHARDS)
-            .map(|s| self.lock(s).buckets.len())
-            .sum::<usize>()
-            * std::mem::size_of::<Bucket<V>>()
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Keeps the entries for which `keep` says so (it may change them). Locks one shard
@@ -257,6 +273,7 @@ impl<V: Default> Table<V> {
                 if g.buckets[i].key != 0 && !keep(&mut g.buckets[i].value) {
                     // A later entry of the run may now sit in `i`: look again.
                     g.remove_at(i);
+                    self.len.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 }
                 step += 1;
@@ -284,8 +301,7 @@ impl<V: Default> Table<V> {
                 (g.len * 4 / 3 + 1).next_power_of_two().max(MIN_BUCKETS)
             };
             if want < g.buckets.len() {
-                g.rebuild(want);
-                self.publish(s, &g);
+                self.resize(s, &mut g, want);
             }
         }
     }
@@ -342,6 +358,13 @@ mod tests {
                 t.shrink_to_fit();
             }
             assert_eq!(t.len(), model.len());
+            let counted: usize = (0..SHARDS).map(|s| t.lock(s).len).sum();
+            assert_eq!(counted, model.len());
+            let buckets: usize = (0..SHARDS).map(|s| t.lock(s).buckets.len()).sum();
+            assert_eq!(
+                t.table_bytes(),
+                buckets * std::mem::size_of::<Bucket<u64>>()
+            );
             let mut seen = HashMap::new();
             t.for_each(|k, v| {
                 seen.insert(k, *v);
