@@ -7,6 +7,7 @@
 //! | [`config`] | a `warden.toml` | compiling never panics; every diagnostic points inside the file |
 //! | [`rules`] | a rule file | the same |
 //! | [`ingest_line`] | one line of a ledger JSON-lines import (`warden ledger import`, the admin batch endpoint's objects) | never panics; an accepted record is valid |
+//! | [`log_line`] | one access-log line as `warden replay` reads it, as JSON lines and as the combined format | never panics; a line accepted once is read the same way again |
 //!
 //! Two ways to run them:
 //! * `cargo test -p warden-fuzz` (stable, what CI runs): every file of `fuzz/corpus/<target>`
@@ -148,6 +149,32 @@ pub fn ingest_line(data: &[u8]) {
     }
 }
 
+/// One access-log line as `warden replay` reads it: as a JSON line (default field names
+/// and a header) and as the combined format (token and label in trailing fields).
+pub fn log_line(data: &[u8]) {
+    use warden_replay::format::{FieldMap, Format};
+    static MAPS: OnceLock<Vec<FieldMap>> = OnceLock::new();
+    let maps = MAPS.get_or_init(|| {
+        let mut json = FieldMap::new(Format::JsonLines);
+        let mut combined = FieldMap::new(Format::Combined);
+        // Valid specs of the replay CLI's `--field`: a failure is a broken build.
+        let apply = |map: &mut FieldMap, spec: &str| {
+            map.apply(spec)
+                .unwrap_or_else(|e| panic!("field map {spec}: {e}"));
+        };
+        apply(&mut json, "header:x-forwarded-for=xff");
+        apply(&mut combined, "token=extra1");
+        apply(&mut combined, "label=extra2");
+        vec![json, combined]
+    });
+    for map in maps {
+        if let Ok(first) = map.parse(data) {
+            let again = map.parse(data);
+            assert!(again.as_ref() == Ok(&first), "read differently twice");
+        }
+    }
+}
+
 /// Absolute paths to device files would make the configuration target read forever
 /// (`pem_file = "/dev/zero"`): operator input, outside what the target checks.
 fn mentions_special_files(src: &str) -> bool {
@@ -158,9 +185,10 @@ fn mentions_special_files(src: &str) -> bool {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target, by corpus directory name.
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: [Target; 5] = [
     ("token", token),
     ("config", config),
     ("rules", rules),
     ("ingest_line", ingest_line),
+    ("log_line", log_line),
 ];

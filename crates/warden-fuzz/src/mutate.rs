@@ -162,7 +162,7 @@ pub fn dictionary(target: &str) -> &'static [&'static [u8]] {
     match target {
         "token" => TOKEN,
         "config" | "rules" => TOML,
-        "ingest_line" => JSON,
+        "ingest_line" | "log_line" => JSON,
         _ => COMMON,
     }
 }

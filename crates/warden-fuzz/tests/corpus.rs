@@ -104,3 +104,8 @@ fn the_token_corpus_reaches_verification() {
         );
     }
 }
+
+#[test]
+fn log_line() {
+    fuzz("log_line");
+}
