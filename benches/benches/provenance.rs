@@ -82,6 +82,7 @@ fn fill_cache(verifier: &Verifier) {
             verified: Arc::new(verified),
             cache_key,
             cached: false,
+            confirmed: false,
         };
         verifier.remember(&checked);
     }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use warden_core::fixtures::{mint, SampleKey};
 use warden_core::ledger::{MemIndex, Query, Record, TokenId, EPOCH_BASE};
-use warden_core::verify::{reason_for, Verified, Verifier};
+use warden_core::verify::{Verified, Verifier};
 use warden_core::Reason;
 
 /// The request time every benchmark uses (unix seconds, 2027-01-15).
@@ -34,11 +34,7 @@ pub fn provenance(verifier: &Verifier, index: &MemIndex, token: &str, now: u64) 
         kid: &v.kid,
         issued_at: v.issued_at,
     };
-    let reason = reason_for(index.answer(&query));
-    if reason == Reason::Ok {
-        verifier.remember(&checked);
-    }
-    reason
+    verifier.conclude(&checked, index.answer(&query))
 }
 
 /// The claims of sample token `j` of a series `tag`: those of a typical session token

@@ -316,6 +316,7 @@ fn measure_store(store: &str, accounts: &[String]) -> Result<(), String> {
                     verified: Arc::new(verified),
                     cache_key: u128::from_le_bytes(id.0),
                     cached: false,
+                    confirmed: false,
                 });
             }
             if verifier.cache_len() != N {

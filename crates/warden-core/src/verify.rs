@@ -11,7 +11,17 @@
 //! skipped.
 //!
 //! Only tokens the ledger confirmed are cached ([`Verifier::remember`]), so an attacker
-//! cannot fill the cache with tokens of their own. Memory: measured at 226 bytes of heap
+//! cannot fill the cache with tokens of their own.
+//!
+//! ## Validly signed tokens the ledger refused
+//! A forged token (a leaked key's, never issued) sent again would pay the full signature
+//! check every time: 40 µs for RS256, 100 µs for ES256, the attacker's cheapest way to
+//! make warden work. Tokens whose signature verified but whose ledger answer was not
+//! "issued" go to a second, smaller cache ([`Verifier::conclude`]), bounded apart
+//! (a tenth of `cache_capacity`) so that an attacker minting tokens can fill only that
+//! one and never push out confirmed tokens. A hit there skips only the signature, as in
+//! the main cache: the ledger is still asked on every request, so a token whose record
+//! arrives late passes as soon as it is there (and moves to the main cache). Memory: measured at 226 bytes of heap
 //! (277 of RSS) per cached token with no kept claims (`benches/RESULTS.md`); the cache
 //! holds at most `cache_capacity` entries (default 1 M: about 280 MB at the worst). Kept
 //! claims add their own bytes, so only the claims rules use are kept
@@ -126,8 +136,10 @@ pub struct Checked {
     pub verified: Arc<Verified>,
     /// The cache key of the token.
     pub cache_key: u128,
-    /// Whether the signature check was skipped thanks to the cache.
+    /// Whether the signature check was skipped thanks to a cache.
     pub cached: bool,
+    /// Whether it came from the cache of ledger-confirmed tokens.
+    pub confirmed: bool,
 }
 
 /// Verifies tokens against the current registry and policy.
@@ -137,6 +149,9 @@ pub struct Verifier {
     cache: DashMap<u128, Arc<Verified>>,
     /// `cache.len()` locks every shard: this counter answers instead, approximately.
     cached: AtomicUsize,
+    /// Validly signed tokens the ledger did not confirm (see the module doc).
+    unconfirmed: DashMap<u128, Arc<Verified>>,
+    unconfirmed_len: AtomicUsize,
     kept_claims: RwLock<Arc<[Box<str>]>>,
     sip_key: (u64, u64),
 }
@@ -161,6 +176,8 @@ impl Verifier {
             policy,
             cache: DashMap::new(),
             cached: AtomicUsize::new(0),
+            unconfirmed: DashMap::new(),
+            unconfirmed_len: AtomicUsize::new(0),
             kept_claims: RwLock::new(Arc::from(Vec::new())),
             sip_key: (k0, k1),
         }
@@ -204,7 +221,15 @@ impl Verifier {
         }
         let registry = self.registry();
         let cache_key = self.cache_key(token);
-        if let Some(v) = self.cache.get(&cache_key).map(|v| Arc::clone(&v)) {
+        let hit = match self.cache.get(&cache_key).map(|v| Arc::clone(&v)) {
+            Some(v) => Some((v, true)),
+            None if self.unconfirmed_len.load(Ordering::Relaxed) > 0 => self
+                .unconfirmed
+                .get(&cache_key)
+                .map(|v| (Arc::clone(&v), false)),
+            None => None,
+        };
+        if let Some((v, confirmed)) = hit {
             match registry.get(&v.kid) {
                 Some(key) if key.fingerprint == v.key_fingerprint => {
                     self.check_live(&v, key, now)?;
@@ -212,6 +237,7 @@ impl Verifier {
                         verified: v,
                         cache_key,
                         cached: true,
+                        confirmed,
                     });
                 }
                 Some(_) => {} // material changed under the same kid: verify afresh
@@ -224,13 +250,23 @@ impl Verifier {
             verified: Arc::new(verified),
             cache_key,
             cached: false,
+            confirmed: false,
         })
+    }
+
+    /// Most entries of the cache of validly signed, unconfirmed tokens.
+    fn unconfirmed_capacity(&self) -> usize {
+        self.policy.cache_capacity / 10
     }
 
     /// Caches a token the ledger confirmed, so its next use skips the signature.
     pub fn remember(&self, checked: &Checked) {
-        if checked.cached || self.policy.cache_capacity == 0 {
+        if checked.confirmed || self.policy.cache_capacity == 0 {
             return;
+        }
+        if checked.cached && self.unconfirmed.remove(&checked.cache_key).is_some() {
+            // Its record arrived after a refusal: it moves to the main cache.
+            self.unconfirmed_len.fetch_sub(1, Ordering::Relaxed);
         }
         if self.cached.load(Ordering::Relaxed) >= self.policy.cache_capacity {
             return;
@@ -251,8 +287,24 @@ impl Verifier {
         let reason = reason_for(answer);
         if reason == Reason::Ok {
             self.remember(checked);
+        } else if !checked.cached && self.unconfirmed_capacity() > 0 {
+            // Validly signed, not issued (or revoked): the next copy skips the signature.
+            if self.unconfirmed_len.load(Ordering::Relaxed) < self.unconfirmed_capacity()
+                && self
+                    .unconfirmed
+                    .insert(checked.cache_key, Arc::clone(&checked.verified))
+                    .is_none()
+            {
+                self.unconfirmed_len.fetch_add(1, Ordering::Relaxed);
+            }
         }
         reason
+    }
+
+    /// Entries in the cache of validly signed tokens the ledger did not confirm.
+    #[must_use]
+    pub fn unconfirmed_len(&self) -> usize {
+        self.unconfirmed_len.load(Ordering::Relaxed)
     }
 
     /// Drops cached tokens expired at `now`; if the cache is still over 90 % full,
@@ -269,6 +321,15 @@ impl Verifier {
         }
         let after = self.cache.len();
         self.cached.store(after, Ordering::Relaxed);
+        // The same for the unconfirmed cache; its count is only a guide for the sweep.
+        self.unconfirmed
+            .retain(|_, v| v.expires_at + self.policy.leeway_seconds >= now);
+        if self.unconfirmed.len() * 10 > self.unconfirmed_capacity() * 9 {
+            let bit = ((now + 32) % 64) as u32;
+            self.unconfirmed.retain(|k, _| (k >> bit) & 1 == 0);
+        }
+        self.unconfirmed_len
+            .store(self.unconfirmed.len(), Ordering::Relaxed);
         before - after
     }
 
@@ -285,6 +346,8 @@ impl Verifier {
             *g = new;
             self.cache.clear();
             self.cached.store(0, Ordering::Relaxed);
+            self.unconfirmed.clear();
+            self.unconfirmed_len.store(0, Ordering::Relaxed);
         }
     }
 

@@ -304,3 +304,65 @@ fn a_full_cache_loses_about_half_not_everything() {
     assert!((20..=80).contains(&dropped), "{dropped}");
     assert_eq!(v.cache_len(), 100 - dropped);
 }
+
+/// A validly signed token the ledger refused skips the signature on its next use, but the
+/// ledger is asked every time: when its record arrives it passes and moves to the main
+/// cache.
+#[test]
+fn refused_but_validly_signed_tokens_skip_the_signature_not_the_ledger() {
+    let v = verifier();
+    let index = MemIndex::new();
+    let t = mint(SampleKey::RsA, "rs", &claims("forged-1")).expect("mint");
+    let ask = |c: &Checked| v.conclude(c, index.answer(&Query::of(&c.verified)));
+    let first = v.verify(&t, NOW).expect("signature is fine");
+    assert!(!first.cached);
+    assert_eq!(ask(&first), Reason::Forged);
+    assert_eq!(v.unconfirmed_len(), 1);
+    assert_eq!(v.cache_len(), 0, "not in the cache of confirmed tokens");
+    let second = v.verify(&t, NOW).expect("from the unconfirmed cache");
+    assert!(second.cached && !second.confirmed);
+    assert_eq!(ask(&second), Reason::Forged);
+    // Expiry still applies to it.
+    assert_eq!(v.verify(&t, NOW + 600 + 31).err(), Some(Reason::Expired));
+    // Its record arrives: the ledger says yes, and it moves over.
+    let record = v.record_for_issued(&t, NOW).expect("record");
+    index.insert(&record);
+    let third = v.verify(&t, NOW).expect("verifies");
+    assert_eq!(ask(&third), Reason::Ok);
+    assert_eq!(v.unconfirmed_len(), 0);
+    assert_eq!(v.cache_len(), 1);
+    assert!(v.verify(&t, NOW).expect("verifies").confirmed);
+}
+
+/// Minted tokens fill only their own cache, bounded at a tenth of the main one, and
+/// never push out confirmed tokens.
+#[test]
+fn minted_tokens_cannot_crowd_out_confirmed_ones() {
+    let v = Verifier::new(
+        registry(),
+        Policy {
+            cache_capacity: 100,
+            ..Policy::default()
+        },
+    );
+    let index = MemIndex::new();
+    let good = mint(SampleKey::Hs, "hs", &claims("good")).expect("mint");
+    let record = v.record_for_issued(&good, NOW).expect("record");
+    index.insert(&record);
+    let c = v.verify(&good, NOW).expect("verifies");
+    assert_eq!(
+        v.conclude(&c, index.answer(&Query::of(&c.verified))),
+        Reason::Ok
+    );
+    for i in 0..50 {
+        let t = mint(SampleKey::Hs, "hs", &claims(&format!("minted-{i}"))).expect("mint");
+        let c = v.verify(&t, NOW).expect("verifies");
+        assert_eq!(
+            v.conclude(&c, index.answer(&Query::of(&c.verified))),
+            Reason::Forged
+        );
+    }
+    assert_eq!(v.unconfirmed_len(), 10);
+    assert_eq!(v.cache_len(), 1);
+    assert!(v.verify(&good, NOW).expect("verifies").confirmed);
+}

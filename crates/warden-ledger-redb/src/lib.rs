@@ -95,6 +95,9 @@ enum Op {
     Delete(Vec<TokenId>, Ack),
 }
 
+/// Bytes of page cache redb may keep for the store.
+pub const STORE_CACHE_BYTES: usize = 32 << 20;
+
 /// The embedded ledger backend.
 pub struct EmbeddedLedger {
     index: Arc<MemIndex>,
@@ -112,7 +115,14 @@ impl EmbeddedLedger {
                 std::fs::create_dir_all(dir).map_err(|e| db_err(path, redb::Error::Io(e)))?;
             }
         }
-        let db = Database::create(path).map_err(|e| db_err(path, e))?;
+        // Lookups are answered from the in-memory index, never from the store, so redb's
+        // page cache only serves the loading scan and the writer: a small one is enough.
+        // (redb's default ceiling is 1 GiB, which loading a large store fills: measured at
+        // 1.4 GB of RSS for 10 M records, against 0.55 GB of index.)
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| db_err(path, e))?;
         // Make sure the tables exist so that readers never see "table missing".
         let w = db.begin_write().map_err(|e| db_err(path, e))?;
         {
