@@ -1,7 +1,7 @@
 //! The rule engine: per-request evaluation, bans, and bounded state.
 //!
 //! ## State and memory
-//! Rules with the same key form a key group. Each group has one map (dashmap, shared by
+//! Rules with the same key (and the same route classes) form a key group. Each group has one map (dashmap, shared by
 //! all worker threads) from a 64-bit keyed digest of the key's value to an entry holding,
 //! inline, one slot per rule of the group: a [`SlidingCount`] (count rules, 12 bytes) or
 //! a [`DistinctSet`](crate::distinct::DistinctSet) (distinct rules, more once a set
@@ -394,19 +394,22 @@ impl Engine {
                 c.counted = Some(field_index(field));
             }
         }
-        // Key groups, in the order of their first rule; at most MAX_SLOTS rules each.
-        let mut by_key: Vec<(Vec<Field>, Vec<usize>)> = Vec::new();
+        // Key groups: rules with the same key and the same route classes, in the order of
+        // their first rule, at most MAX_SLOTS each. Splitting by class keeps a request
+        // from making slots for rules that can never match it: a flood of new addresses
+        // on the login route makes entries of one slot for its two rules, not entries
+        // holding every rule keyed on the address.
+        let mut by_key: Vec<(Vec<Field>, u8, Vec<usize>)> = Vec::new();
         for (i, c) in compiled.iter().enumerate() {
-            match by_key
-                .iter_mut()
-                .find(|(k, m)| *k == c.rule.key && m.len() < MAX_SLOTS)
-            {
-                Some((_, m)) => m.push(i),
-                None => by_key.push((c.rule.key.clone(), vec![i])),
+            match by_key.iter_mut().find(|(k, classes, m)| {
+                *k == c.rule.key && *classes == c.classes && m.len() < MAX_SLOTS
+            }) {
+                Some((_, _, m)) => m.push(i),
+                None => by_key.push((c.rule.key.clone(), c.classes, vec![i])),
             }
         }
         let mut groups = Vec::with_capacity(by_key.len());
-        for (gi, (key, mut members)) in by_key.into_iter().enumerate() {
+        for (gi, (key, _, mut members)) in by_key.into_iter().enumerate() {
             members.sort_by_key(|&i| compiled[i].fingerprint);
             let fingerprints: Vec<u64> = members.iter().map(|&i| compiled[i].fingerprint).collect();
             for (slot, &i) in members.iter().enumerate() {

@@ -787,3 +787,84 @@ fn many_rules_on_one_key_and_hits_in_priority_order() {
     assert!(v.hits.iter().all(|h| h.estimate == 12.0));
     assert_eq!(e.tracked_keys(), 2, "two groups of the same key");
 }
+
+/// Rules with the same key but different route classes keep separate entries: a flood of
+/// new addresses on the login route makes slots only for the rules that can match it.
+#[test]
+fn a_flood_on_one_route_class_makes_slots_only_for_its_rules() {
+    let e = Engine::new(64 * MIB, 1000);
+    let on = |mut r: Rule, classes: Vec<RouteClass>| {
+        r.matcher.classes = classes;
+        r
+    };
+    let distinct = |name: &str| {
+        on(
+            rule(
+                name,
+                vec![Field::Ip],
+                Measure::Distinct(Field::Account),
+                3600,
+                20,
+                Action::Log,
+            ),
+            vec![RouteClass::Protected],
+        )
+    };
+    e.set_rules(
+        vec![
+            distinct("accounts-per-ip"),
+            distinct("accounts-per-ip-day"),
+            distinct("accounts-per-ip-week"),
+            rule(
+                "burst-per-ip",
+                vec![Field::Ip],
+                Measure::Count,
+                10,
+                200,
+                Action::Log,
+            ),
+            on(
+                rule(
+                    "logins-per-ip",
+                    vec![Field::Ip],
+                    Measure::Count,
+                    600,
+                    30,
+                    Action::Log,
+                ),
+                vec![RouteClass::Issuance],
+            ),
+        ],
+        64 * MIB,
+    );
+    for i in 0..10_000u32 {
+        let _ = e.evaluate(&Facts {
+            now_ms: T0,
+            class: RouteClass::Issuance,
+            route: Some("login"),
+            method: "POST",
+            path: "/login",
+            ip: IpAddr::from(std::net::Ipv4Addr::from(0x0c00_0000 + i)),
+            account: None,
+            token: None,
+            headers: &Nothing,
+            claims: &Nothing,
+        });
+    }
+    for info in e.rules_info(T0) {
+        let name = info.rule.name.as_str();
+        let expected = if name == "burst-per-ip" || name == "logins-per-ip" {
+            10_000
+        } else {
+            0
+        };
+        assert_eq!(info.tracked_keys, expected, "{name}");
+    }
+    // Two one-slot entries per address (key + 40-byte slot), at most 8/3 buckets each;
+    // one entry with a slot for all five rules would be 208 bytes a bucket.
+    let per_address = e.state_bytes() as f64 / 10_000.0;
+    assert!(
+        per_address <= 2.0 * 48.0 * 8.0 / 3.0,
+        "{per_address} bytes per address"
+    );
+}
