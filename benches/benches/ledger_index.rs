@@ -35,7 +35,8 @@ fn probes(n: usize, seed: u64) -> Vec<(TokenId, usize)> {
     let mut rng = SplitMix64::new(seed);
     (0..PROBES)
         .map(|_| {
-            let i = rng.below(n);
+            // `n` fits in u64 and the result is below it.
+            let i = rng.below(n as u64) as usize;
             (synthetic_id(i), synthetic_account(i))
         })
         .collect()

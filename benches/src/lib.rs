@@ -63,31 +63,8 @@ pub fn sample_verified(verifier: &Verifier, key: SampleKey, kid: &str) -> Verifi
     (*checked.verified).clone()
 }
 
-/// SplitMix64: a small, fast, deterministic generator for picking keys.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator from a seed.
-    #[must_use]
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number below `bound` (`bound > 0`; the modulo bias is irrelevant here).
-    pub fn below(&mut self, bound: usize) -> usize {
-        (self.next_u64() % bound as u64) as usize
-    }
-}
+/// SplitMix64, the simulator's generator: small, fast, deterministic.
+pub use warden_replay::sim::Rng as SplitMix64;
 
 /// The account names of the synthetic ledger, `user-0` .. `user-{ACCOUNTS - 1}`.
 #[must_use]

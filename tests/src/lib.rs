@@ -205,6 +205,17 @@ pub fn request_from(
     raw_from(src, addr, &bytes).unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
 }
 
+/// Fails the test with the program's output unless it exited with success.
+pub fn assert_success(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
 pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use warden_e2e::{kid, warden_bin, Upstream, Warden};
+use warden_e2e::{assert_success, kid, warden_bin, Upstream, Warden};
 
 fn deploy(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,16 +37,6 @@ fn run(program: &str, args: &[&str], package: &str) -> Output {
     Command::new(program).args(args).output().unwrap_or_else(|e| {
         panic!("cannot run {program} ({e}): run scripts/deps, which installs it (Debian package `{package}`)")
     })
-}
-
-fn assert_success(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn symlink(target: &Path, link: &Path) {

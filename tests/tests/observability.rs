@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use warden_core::fixtures::SampleKey;
-use warden_e2e::{kid, now, request, token, wait_for, Upstream, Warden};
+use warden_e2e::{assert_success, kid, now, request, token, wait_for, Upstream, Warden};
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -66,16 +66,6 @@ fn promtool(args: &[&str], stdin: Stdio) -> Output {
                  (Debian package `prometheus`)"
             )
         })
-}
-
-fn assert_success(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Starts a warden with [`RULES`], sends a little of everything through it, and returns

@@ -291,6 +291,8 @@ pub struct Engine {
     max_bans: usize,
     last_idle_sweep_ms: AtomicU64,
     idle_sweep_ms: AtomicU64,
+    /// [`MANUAL_NAME`], shared by every decision and ban it names.
+    manual_name: Arc<str>,
 }
 
 /// How often [`Engine::sweep`] walks the tables for idle keys.
@@ -309,9 +311,8 @@ pub struct SweepReport {
     pub ended: Vec<Ban>,
 }
 
-fn manual_name() -> Arc<str> {
-    Arc::from("manual")
-}
+/// The name bans placed through the admin API carry.
+const MANUAL_NAME: &str = "manual";
 
 impl Engine {
     /// An engine with no rules.
@@ -334,6 +335,7 @@ impl Engine {
             max_bans,
             last_idle_sweep_ms: AtomicU64::new(0),
             idle_sweep_ms: AtomicU64::new(IDLE_SWEEP_MS),
+            manual_name: Arc::from(MANUAL_NAME),
         }
     }
 
@@ -485,7 +487,7 @@ impl Engine {
                             6,
                             i64::MIN,
                             Decision::Banned { until_ms },
-                            &manual_name(),
+                            &self.manual_name,
                         );
                     }
                 }
@@ -501,35 +503,22 @@ impl Engine {
         // Phase 1: the key of every group with a matching rule, and a prefetch of its
         // entry, so that the cache misses of all groups overlap instead of queueing
         // behind each other's locks (`table.rs`).
-        let mut plan = [(0u8, 0u64); PLAN];
+        let mut plan = [None; PLAN];
         for (gi, g) in set.groups.iter().enumerate().take(PLAN) {
-            let matched = match_mask(&set, g, f);
-            if matched == 0 {
-                continue;
-            }
-            if let Some(key) = self.key_of(&set, &g.key_fields, f, &mut memo) {
+            plan[gi] = self.plan(&set, g, f, &mut memo);
+            if let Some((_, key)) = plan[gi] {
                 g.state.map.prefetch(key);
-                plan[gi] = (matched, key);
             }
         }
         // Phase 2: count, then judge.
         for (gi, g) in set.groups.iter().enumerate() {
-            let (matched, key) = match plan.get(gi) {
+            let planned = match plan.get(gi) {
                 Some(p) => *p,
-                None => {
-                    let matched = match_mask(&set, g, f);
-                    if matched == 0 {
-                        continue;
-                    }
-                    match self.key_of(&set, &g.key_fields, f, &mut memo) {
-                        Some(key) => (matched, key),
-                        None => continue,
-                    }
-                }
+                None => self.plan(&set, g, f, &mut memo),
             };
-            if matched == 0 {
+            let Some((matched, key)) = planned else {
                 continue;
-            }
+            };
             // The matching rules, with the value each distinct rule counts. A distinct
             // rule whose field the request lacks counts nothing, but its bans still
             // apply.
@@ -561,9 +550,9 @@ impl Engine {
                         estimates[j] = Some(match c.rule.measure {
                             Measure::Count => slots[slot].count().add(f.now_ms, c.window_ms),
                             Measure::Distinct(_) => {
-                                let (set, freed) = slots[slot].distinct();
-                                let (est, delta) = set.insert(value, f.now_ms, c.window_ms);
-                                heap += delta - freed as isize;
+                                let (est, delta) =
+                                    slots[slot].distinct().insert(value, f.now_ms, c.window_ms);
+                                heap += delta;
                                 est
                             }
                         });
@@ -640,7 +629,7 @@ impl Engine {
                                 c.fingerprint,
                                 key,
                                 &c.name,
-                                describe(&r.key, f),
+                                || describe(&r.key, f),
                                 f.now_ms,
                                 until_ms,
                             );
@@ -677,7 +666,7 @@ impl Engine {
         scope: BanScope,
         key: u64,
         rule: &Arc<str>,
-        display: String,
+        display: impl FnOnce() -> String,
         now_ms: u64,
         until_ms: u64,
     ) -> bool {
@@ -695,7 +684,7 @@ impl Engine {
                 until_ms,
                 placed_ms: now_ms,
                 rule: Arc::clone(rule),
-                key: display,
+                key: display(),
             },
         );
         self.ban_count.store(self.bans.len(), Ordering::Relaxed);
@@ -717,7 +706,7 @@ impl Engine {
             Ban {
                 until_ms,
                 placed_ms: now_ms,
-                rule: manual_name(),
+                rule: Arc::clone(&self.manual_name),
                 key: display.clone(),
             },
         );
@@ -1003,6 +992,16 @@ impl Engine {
         evicted
     }
 
+    /// Which of a group's rules match the request (bit `i` for slot `i`) and the group's
+    /// key; `None` when no rule matches or the request lacks a key field.
+    fn plan(&self, set: &RuleSet, g: &Group, f: &Facts<'_>, memo: &mut Memo) -> Option<(u8, u64)> {
+        let matched = match_mask(set, g, f);
+        if matched == 0 {
+            return None;
+        }
+        Some((matched, self.key_of(set, &g.key_fields, f, memo)?))
+    }
+
     /// The hash of a key, computed afresh (manual bans, not the request path).
     fn hash_fields(&self, fields: &[Field], f: &Facts<'_>) -> Option<u64> {
         let mut key = 0u64;
@@ -1161,26 +1160,42 @@ fn write_field(h: &mut impl Hasher, field: &Field, f: &Facts<'_>) -> bool {
 }
 
 fn describe(fields: &[Field], f: &Facts<'_>) -> String {
-    fields
-        .iter()
-        .map(|field| {
-            let value = match field {
-                Field::Ip => f.ip.to_string(),
-                Field::IpPrefix { v4, v6 } => {
-                    let (net, len) = masked(f.ip, *v4, *v6);
-                    format!("{net}/{len}")
+    let mut out = String::new();
+    describe_key(fields, f, &mut out);
+    out
+}
+
+/// A key's readable form, as bans, events, the admin API and log replay show it
+/// (`ip=192.0.2.1,account=alice`): written into `out` (cleared first), text values cut
+/// at 128 characters.
+pub fn describe_key(fields: &[Field], f: &Facts<'_>, out: &mut String) {
+    use std::fmt::Write as _;
+    out.clear();
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&field.name());
+        out.push('=');
+        // Writing to a String cannot fail.
+        let _ = match field {
+            Field::Ip => write!(out, "{}", f.ip),
+            Field::IpPrefix { v4, v6 } => {
+                let (net, len) = masked(f.ip, *v4, *v6);
+                write!(out, "{net}/{len}")
+            }
+            Field::Token => {
+                if let Some(t) = f.token {
+                    out.push_str(&t.to_hex());
                 }
-                Field::Token => f.token.map(|t| t.to_hex()).unwrap_or_default(),
-                other => text_field(other, f)
-                    .unwrap_or("")
-                    .chars()
-                    .take(128)
-                    .collect(),
-            };
-            format!("{}={value}", field.name())
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+                Ok(())
+            }
+            other => {
+                out.extend(text_field(other, f).unwrap_or("").chars().take(128));
+                Ok(())
+            }
+        };
+    }
 }
 
 /// Key groups planned (keyed and prefetched) before any is counted; later ones are

@@ -48,8 +48,8 @@ mod table;
 pub mod window;
 
 pub use engine::{
-    Ban, BanScope, Decision, Engine, Facts, Hit, Lookup, Nothing, Offender, RuleInfo, SweepReport,
-    TopOffenders, Verdict, MANUAL, TOP_K,
+    describe_key, Ban, BanScope, Decision, Engine, Facts, Hit, Lookup, Nothing, Offender, RuleInfo,
+    SweepReport, TopOffenders, Verdict, MANUAL, TOP_K,
 };
 pub use state::{MAX_SLOTS, SLOT_BYTES};
 

@@ -60,8 +60,7 @@ impl Slot {
         }
     }
 
-    /// The counter, made if the slot was empty (or held another kind, after a reload
-    /// that changed the rule: it then starts over).
+    /// The counter, made if the slot was empty.
     pub(crate) fn count(&mut self) -> &mut SlidingCount {
         if !matches!(self, Slot::Count(_)) {
             *self = Slot::Count(SlidingCount::default());
@@ -72,16 +71,14 @@ impl Slot {
         }
     }
 
-    /// The distinct set, made if the slot was empty; returns it and the heap bytes freed
-    /// by replacing another kind (zero in practice).
-    pub(crate) fn distinct(&mut self) -> (&mut DistinctSet, usize) {
-        let mut freed = 0;
+    /// The distinct set, made if the slot was empty. (A slot never changes kind: it
+    /// belongs to one rule, whose measure is part of its state fingerprint.)
+    pub(crate) fn distinct(&mut self) -> &mut DistinctSet {
         if !matches!(self, Slot::Distinct(_)) {
-            freed = self.heap_bytes();
             *self = Slot::Distinct(DistinctSet::default());
         }
         match self {
-            Slot::Distinct(d) => (d, freed),
+            Slot::Distinct(d) => d,
             _ => unreachable!("just set"),
         }
     }

@@ -22,7 +22,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use warden_config::model::{RouteClass, Routes};
@@ -31,7 +30,7 @@ use warden_core::token;
 use warden_core::verify::{Checked, Verified, Verifier};
 use warden_core::Reason;
 use warden_detect::{Decision, Engine, Facts, Lookup, Verdict};
-use warden_rules::{Field, Rule};
+use warden_rules::Rule;
 
 use crate::format::{Request, MAX_HEADERS};
 use crate::report::Stats;
@@ -391,48 +390,6 @@ fn unverified(
     }
     memo.insert(h, parsed.clone());
     parsed
-}
-
-/// `ip=192.0.2.1`, `ip_prefix=192.0.2.0/24`, `token=<hex>`..., as the engine shows keys.
-pub(crate) fn describe(fields: &[Field], f: &Facts<'_>, out: &mut String) {
-    use std::fmt::Write as _;
-    out.clear();
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&field.name());
-        out.push('=');
-        let _ = match field {
-            Field::Ip => write!(out, "{}", f.ip),
-            Field::IpPrefix { v4, v6 } => {
-                let (net, len) = masked(f.ip, *v4, *v6);
-                write!(out, "{net}/{len}")
-            }
-            Field::Token => write!(out, "{}", f.token.map(TokenId::to_hex).unwrap_or_default()),
-            Field::Account => write!(out, "{}", f.account.unwrap_or("")),
-            Field::Route => write!(out, "{}", f.route.unwrap_or("")),
-            Field::Path => write!(out, "{}", f.path),
-            Field::Method => write!(out, "{}", f.method),
-            Field::Header(h) => write!(out, "{}", f.headers.get(h).unwrap_or("")),
-            Field::Claim(c) => write!(out, "{}", f.claims.get(c).unwrap_or("")),
-            #[allow(unreachable_patterns)]
-            _ => Ok(()),
-        };
-    }
-}
-
-fn masked(ip: IpAddr, v4: u8, v6: u8) -> (IpAddr, u8) {
-    match ip {
-        IpAddr::V4(a) => {
-            let m = u32::MAX.checked_shl(32 - u32::from(v4)).unwrap_or(0);
-            (IpAddr::V4((u32::from(a) & m).into()), v4)
-        }
-        IpAddr::V6(a) => {
-            let m = u128::MAX.checked_shl(128 - u32::from(v6)).unwrap_or(0);
-            (IpAddr::V6((u128::from(a) & m).into()), v6)
-        }
-    }
 }
 
 /// The verdict's hits, for the statistics.

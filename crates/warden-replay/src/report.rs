@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use warden_detect::{Facts, Verdict};
+use warden_detect::{describe_key, Facts, Verdict};
 use warden_rules::Rule;
 
 use crate::format::Request;
-use crate::replay::{describe, refusing, Decided, Outcome, RuleTable};
+use crate::replay::{refusing, Decided, Outcome, RuleTable};
 
 /// Most distinct keys counted per rule for "top keys"; beyond, hits of new keys are
 /// counted as `keys_dropped`.
@@ -185,7 +185,7 @@ impl Stats {
                     s.would_block += 1;
                     series.add(t_s, 1);
                 }
-                describe(&rule.key, f, &mut self.key_buf);
+                describe_key(&rule.key, f, &mut self.key_buf);
                 let known = s
                     .keys
                     .get_mut(self.key_buf.as_str())
