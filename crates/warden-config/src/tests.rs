@@ -432,3 +432,17 @@ fn limits_have_defaults_and_out_of_range_values_are_reported_in_place() {
         "{e:?}"
     );
 }
+
+#[test]
+fn work_stealing_is_off_unless_asked_for_and_must_be_a_boolean() {
+    assert!(!ok(MIN).config.server.work_stealing);
+    let on = format!("[server]\nwork_stealing = true\n{MIN}");
+    assert!(ok(&on).config.server.work_stealing);
+    let bad = format!("[server]\nwork_stealing = \"yes\"\n{MIN}");
+    let e = errs(&bad);
+    assert!(
+        e.iter()
+            .any(|m| m.contains("w.toml:2:") && m.contains("bool")),
+        "{e:?}"
+    );
+}
