@@ -5,68 +5,16 @@
 //! `cargo bench -p warden-benches --bench replay`
 
 use std::hint::black_box;
-use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use warden_core::keys::{KeyRegistry, KeyState};
-use warden_core::ledger::{Record, TokenId};
-use warden_core::verify::{Policy, Verifier};
+use warden_benches::replay::{default_pack, json_lines, records, replayer, traffic};
 use warden_replay::format::{FieldMap, Format};
-use warden_replay::sim::{self, Scenario};
-use warden_replay::{Provenance, Replayer, Setup};
-use warden_rules::Rule;
-
-fn default_pack() -> Vec<Rule> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/default.toml");
-    let (rules, diags) = warden_config::rules::load_rule_file(&path);
-    assert!(diags.is_empty(), "{diags:?}");
-    rules.into_iter().map(|l| l.rule).collect()
-}
-
-/// An hour of the report's scenario: people, the forging scraper, the stolen-token one.
-fn traffic() -> sim::Traffic {
-    let s = Scenario {
-        duration_s: 3600,
-        sessions: 5_000,
-        forged_window: (600, 600),
-        stolen_window: (1800, 600),
-        ..Scenario::report()
-    };
-    sim::generate(&s).expect("generate")
-}
-
-fn replayer(rules: Vec<Rule>, records: &Arc<Vec<Record>>, kid: &str) -> Replayer {
-    let registry = KeyRegistry::build(vec![
-        warden_core::fixtures::SampleKey::Hs.spec(kid, KeyState::Active)
-    ])
-    .expect("keys");
-    Replayer::new(Setup {
-        rules,
-        max_state_bytes: 256 << 20,
-        max_bans: 1_000_000,
-        routes: None,
-        provenance: Provenance::Checked {
-            verifier: Arc::new(Verifier::new(registry, Policy::default())),
-        },
-        log_has_tokens: true,
-        records: Arc::clone(records),
-        header_names: Vec::new(),
-    })
-}
+use warden_replay::sim;
 
 fn bench(c: &mut Criterion) {
     let t = traffic();
-    let kid = Scenario::report().kid;
+    let json = json_lines(&t);
     let mut buf = String::new();
-    let json: Vec<String> = t
-        .events
-        .iter()
-        .map(|e| {
-            sim::json_line(e, &mut buf);
-            buf.clone()
-        })
-        .collect();
     let combined: Vec<String> = t
         .events
         .iter()
@@ -75,18 +23,7 @@ fn bench(c: &mut Criterion) {
             buf.clone()
         })
         .collect();
-    let records: Arc<Vec<Record>> = Arc::new(
-        t.issued
-            .iter()
-            .map(|r| Record {
-                id: TokenId::from_jti(&r.jti),
-                account: r.account.clone(),
-                issued_at: r.issued_at,
-                expires_at: r.expires_at,
-                kid: kid.clone(),
-            })
-            .collect(),
-    );
+    let records = records(&t);
     let n = json.len() as u64;
     let mut g = c.benchmark_group("replay");
     g.throughput(Throughput::Elements(n));
@@ -120,7 +57,7 @@ fn bench(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(
-                || replayer(rules.clone(), &records, &kid),
+                || replayer(rules.clone(), &records),
                 |mut r| {
                     for req in &parsed {
                         black_box(r.feed(req));
@@ -133,7 +70,7 @@ fn bench(c: &mut Criterion) {
     }
     g.bench_function("parse_and_decide_default_pack", |b| {
         b.iter_batched(
-            || replayer(default_pack(), &records, &kid),
+            || replayer(default_pack(), &records),
             |mut r| {
                 for l in &json {
                     if let Ok(req) = map.parse(l.as_bytes()) {

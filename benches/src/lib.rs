@@ -120,3 +120,92 @@ pub fn fill_index_range(index: &MemIndex, range: std::ops::Range<usize>, account
 
 /// Compact times must stay representable: the synthetic records are after the epoch base.
 const _: () = assert!(SYNTHETIC_IAT > EPOCH_BASE);
+
+/// The log replay benchmark's setup, shared by `benches/replay.rs` and the
+/// `replay_profile` binary (one pass, for callgrind and perf).
+pub mod replay {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use warden_core::keys::{KeyRegistry, KeyState};
+    use warden_core::ledger::{Record, TokenId};
+    use warden_core::verify::{Policy, Verifier};
+    use warden_replay::sim::{self, Scenario};
+    use warden_replay::{Provenance, Replayer, Setup};
+    use warden_rules::Rule;
+
+    /// The default rule pack, `deploy/rules/default.toml`.
+    #[must_use]
+    pub fn default_pack() -> Vec<Rule> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/default.toml");
+        let (rules, diags) = warden_config::rules::load_rule_file(&path);
+        assert!(diags.is_empty(), "{diags:?}");
+        rules.into_iter().map(|l| l.rule).collect()
+    }
+
+    /// An hour of the report's scenario: people, the forging scraper, the stolen-token one.
+    #[must_use]
+    pub fn traffic() -> sim::Traffic {
+        let s = Scenario {
+            duration_s: 3600,
+            sessions: 5_000,
+            forged_window: (600, 600),
+            stolen_window: (1800, 600),
+            ..Scenario::report()
+        };
+        sim::generate(&s).expect("generate")
+    }
+
+    /// The traffic as JSON lines.
+    #[must_use]
+    pub fn json_lines(t: &sim::Traffic) -> Vec<String> {
+        let mut buf = String::new();
+        t.events
+            .iter()
+            .map(|e| {
+                sim::json_line(e, &mut buf);
+                buf.clone()
+            })
+            .collect()
+    }
+
+    /// The ledger records of the traffic's issued tokens.
+    #[must_use]
+    pub fn records(t: &sim::Traffic) -> Arc<Vec<Record>> {
+        let kid = Scenario::report().kid;
+        Arc::new(
+            t.issued
+                .iter()
+                .map(|r| Record {
+                    id: TokenId::from_jti(&r.jti),
+                    account: r.account.clone(),
+                    issued_at: r.issued_at,
+                    expires_at: r.expires_at,
+                    kid: kid.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// A replayer checking provenance with the simulator's key and the records.
+    #[must_use]
+    pub fn replayer(rules: Vec<Rule>, records: &Arc<Vec<Record>>) -> Replayer {
+        let kid = Scenario::report().kid;
+        let registry = KeyRegistry::build(vec![
+            warden_core::fixtures::SampleKey::Hs.spec(&kid, KeyState::Active)
+        ])
+        .expect("keys");
+        Replayer::new(Setup {
+            rules,
+            max_state_bytes: 256 << 20,
+            max_bans: 1_000_000,
+            routes: None,
+            provenance: Provenance::Checked {
+                verifier: Arc::new(Verifier::new(registry, Policy::default())),
+            },
+            log_has_tokens: true,
+            records: Arc::clone(records),
+            header_names: Vec::new(),
+        })
+    }
+}

@@ -94,6 +94,10 @@ pub struct Hit {
     pub ban_placed: bool,
     /// The key, readable (only when `crossed` or `ban_placed`).
     pub key: Option<String>,
+    /// The key's 64-bit keyed digest, the engine's state key: equal for equal values of
+    /// the rule's key fields within one engine, so callers can count hits per key
+    /// without formatting it (log replay's top keys).
+    pub key_id: u64,
 }
 
 /// What the request gets.
@@ -293,6 +297,10 @@ pub struct Engine {
     idle_sweep_ms: AtomicU64,
     /// [`MANUAL_NAME`], shared by every decision and ban it names.
     manual_name: Arc<str>,
+    /// No ban ends before this (unix ms; a lower bound: lowered whenever a ban is placed,
+    /// set exactly by a walk over the bans): [`Engine::sweep`] walks the bans only once
+    /// one may have ended, not on every call.
+    next_ban_end_ms: AtomicU64,
 }
 
 /// How often [`Engine::sweep`] walks the tables for idle keys.
@@ -336,6 +344,7 @@ impl Engine {
             last_idle_sweep_ms: AtomicU64::new(0),
             idle_sweep_ms: AtomicU64::new(IDLE_SWEEP_MS),
             manual_name: Arc::from(MANUAL_NAME),
+            next_ban_end_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -599,6 +608,7 @@ impl Engine {
                     crossed,
                     ban_placed: false,
                     key: None,
+                    key_id: key,
                 };
                 if enforce {
                     match &r.action {
@@ -687,6 +697,7 @@ impl Engine {
                 key: display(),
             },
         );
+        self.next_ban_end_ms.fetch_min(until_ms, Ordering::Relaxed);
         self.ban_count.store(self.bans.len(), Ordering::Relaxed);
         true
     }
@@ -710,6 +721,7 @@ impl Engine {
                 key: display.clone(),
             },
         );
+        self.next_ban_end_ms.fetch_min(until_ms, Ordering::Relaxed);
         self.manual_bans.store(
             self.bans.iter().filter(|e| e.key().0 == MANUAL).count(),
             Ordering::Relaxed,
@@ -863,26 +875,38 @@ impl Engine {
     /// proxy does every 100 ms, so a flood is evicted within 100 ms).
     pub fn sweep(&self, now_ms: u64) -> SweepReport {
         let mut report = SweepReport::default();
-        let mut manual = 0;
-        self.bans.retain(|(scope, _), b| {
-            let live = b.until_ms > now_ms;
-            if !live {
-                report.ended.push(b.clone());
-            } else if *scope == MANUAL {
-                manual += 1;
-            }
-            live
-        });
-        report.bans_expired = report.ended.len();
-        self.manual_bans.store(manual, Ordering::Relaxed);
-        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
+        let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
+        let every = self.idle_sweep_ms.load(Ordering::Relaxed);
+        let idle_due = now_ms.saturating_sub(last) >= every || now_ms < last;
+        // The bans are walked when one may have ended, and with every idle sweep: a ban
+        // placed by another thread while this walk ran can lower the bound before the
+        // walk stores its own, and is then found by the next idle sweep at the latest
+        // (an ended ban refuses nothing meanwhile: requests compare its end with their
+        // time).
+        if idle_due || now_ms >= self.next_ban_end_ms.load(Ordering::Relaxed) {
+            let mut manual = 0;
+            let mut next_end = u64::MAX;
+            self.bans.retain(|(scope, _), b| {
+                let live = b.until_ms > now_ms;
+                if !live {
+                    report.ended.push(b.clone());
+                } else {
+                    next_end = next_end.min(b.until_ms);
+                    if *scope == MANUAL {
+                        manual += 1;
+                    }
+                }
+                live
+            });
+            self.next_ban_end_ms.store(next_end, Ordering::Relaxed);
+            report.bans_expired = report.ended.len();
+            self.manual_bans.store(manual, Ordering::Relaxed);
+            self.ban_count.store(self.bans.len(), Ordering::Relaxed);
+        }
         let set = self.set.load();
         // Dropping idle keys walks every table and write-locks each shard in turn: worth
         // it every few seconds, not on every call. Eviction below still runs whenever the
         // cap is exceeded.
-        let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
-        let every = self.idle_sweep_ms.load(Ordering::Relaxed);
-        let idle_due = now_ms.saturating_sub(last) >= every || now_ms < last;
         if idle_due {
             self.last_idle_sweep_ms.store(now_ms, Ordering::Relaxed);
             for g in &set.groups {

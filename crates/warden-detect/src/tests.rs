@@ -868,3 +868,85 @@ fn a_flood_on_one_route_class_makes_slots_only_for_its_rules() {
         "{per_address} bytes per address"
     );
 }
+
+#[test]
+fn sweeps_end_each_ban_on_time_without_walking_the_bans_every_call() {
+    // Bans placed out of order of their ends (a long rule ban, then shorter manual ones):
+    // each sweep must end exactly the bans whose time has come, whichever was placed
+    // last, though sweeps in between skip the walk.
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_idle_sweep_interval(u64::MAX / 4);
+    e.set_rules(
+        vec![rule(
+            "ban-accounts",
+            vec![Field::Ip],
+            Measure::Distinct(Field::Account),
+            3600,
+            2,
+            Action::Ban(Duration::from_secs(600)),
+        )],
+        64 * MIB,
+    );
+    for (i, a) in ["a", "b", "c"].iter().enumerate() {
+        let _ = eval(&e, &Req::new("192.0.2.9", a), T0 + i as u64);
+    }
+    assert_eq!(e.active_bans(T0 + 10), 1, "the rule banned the address");
+    assert_eq!(e.sweep(T0 + 100).bans_expired, 0);
+    e.ban_manual(&Field::Ip, "192.0.2.1", T0 + 100, T0 + 50_000)
+        .expect("ban");
+    assert_eq!(e.sweep(T0 + 40_000).bans_expired, 0);
+    e.ban_manual(&Field::Ip, "192.0.2.2", T0 + 40_000, T0 + 45_000)
+        .expect("ban");
+    assert_eq!(e.sweep(T0 + 44_999).bans_expired, 0);
+    let r = e.sweep(T0 + 45_000);
+    assert_eq!(r.bans_expired, 1);
+    assert_eq!(r.ended[0].key, "ip=192.0.2.2");
+    assert_eq!(e.sweep(T0 + 49_999).bans_expired, 0);
+    let r = e.sweep(T0 + 50_000);
+    assert_eq!(r.ended.len(), 1);
+    assert_eq!(r.ended[0].key, "ip=192.0.2.1");
+    assert_eq!(
+        e.sweep(T0 + 600_001).bans_expired,
+        0,
+        "the rule's ban ends at +600 s + 2 ms"
+    );
+    let r = e.sweep(T0 + 600_002);
+    assert_eq!(r.ended.len(), 1);
+    assert_eq!(&*r.ended[0].rule, "ban-accounts");
+    assert_eq!(e.active_bans(T0 + 600_002), 0);
+    // A ban whose end is already behind the last sweep is still found.
+    e.ban_manual(&Field::Ip, "192.0.2.3", T0, T0 + 1_000)
+        .expect("ban");
+    assert_eq!(e.sweep(T0 + 1_000).bans_expired, 1);
+}
+
+#[test]
+fn hits_carry_the_key_digest() {
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![rule(
+            "per-ip",
+            vec![Field::Ip],
+            Measure::Count,
+            60,
+            1,
+            Action::Log,
+        )],
+        64 * MIB,
+    );
+    let a = Req::new("192.0.2.1", "x");
+    let b = Req::new("192.0.2.2", "x");
+    let ids: Vec<u64> = (0..3)
+        .flat_map(|i| {
+            let mut v = eval(&e, &a, T0 + i).hits;
+            v.extend(eval(&e, &b, T0 + i).hits);
+            v
+        })
+        .map(|h| h.key_id)
+        .collect();
+    // Two requests each below the threshold, then hits: a, b, a, b.
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[0], ids[2]);
+    assert_eq!(ids[1], ids[3]);
+    assert_ne!(ids[0], ids[1]);
+}

@@ -7,7 +7,7 @@
 //! | [`config`] | a `warden.toml` | compiling never panics; every diagnostic points inside the file |
 //! | [`rules`] | a rule file | the same |
 //! | [`ingest_line`] | one line of a ledger JSON-lines import (`warden ledger import`, the admin batch endpoint's objects) | never panics; an accepted record is valid |
-//! | [`log_line`] | one access-log line as `warden replay` reads it, as JSON lines and as the combined format | never panics; a line accepted once is read the same way again |
+//! | [`log_line`] | one access-log line as `warden replay` reads it, as JSON lines and as the combined format | never panics; a line accepted once is read the same way again; the JSON scanner reads every line as serde_json alone does (same request or same error) |
 //!
 //! Two ways to run them:
 //! * `cargo test -p warden-fuzz` (stable, what CI runs): every file of `fuzz/corpus/<target>`
@@ -168,10 +168,17 @@ pub fn log_line(data: &[u8]) {
         vec![json, combined]
     });
     for map in maps {
-        if let Ok(first) = map.parse(data) {
+        let first = map.parse(data);
+        if let Ok(first) = &first {
             let again = map.parse(data);
-            assert!(again.as_ref() == Ok(&first), "read differently twice");
+            assert!(again.as_ref() == Ok(first), "read differently twice");
         }
+        // The JSON scanner against serde_json alone, on the same bytes: the same request
+        // or the same error.
+        assert!(
+            first == map.parse_with_serde(data),
+            "the scanner and serde_json disagree"
+        );
     }
 }
 

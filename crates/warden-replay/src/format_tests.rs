@@ -230,3 +230,158 @@ fn times_agree_across_forms() {
         assert_eq!(parse_time(bad), None, "{bad}");
     }
 }
+
+/// The scanner and serde_json read `line` the same way, and the scanner took it (or left
+/// it to serde_json) as `fast` says.
+fn same_both_ways(map: &FieldMap, line: &str, fast: bool) -> Result<Request<'static>, LineError> {
+    let line: &'static str = Box::leak(line.to_owned().into_boxed_str());
+    assert_eq!(
+        scan_object(map, line.as_bytes(), &mut Partial::default()),
+        fast,
+        "scanner on {line:?}"
+    );
+    let got = map.parse(line.as_bytes());
+    assert_eq!(got, map.parse_with_serde(line.as_bytes()), "{line:?}");
+    got
+}
+
+#[test]
+fn scanner_reads_plain_lines_and_borrows() {
+    let map = FieldMap::new(Format::JsonLines);
+    let r = same_both_ways(
+        &map,
+        " {\t\"time\" : \"2026-03-01T10:00:00Z\" ,\"ip\":\"192.0.2.7\",\"method\":\"GET\",\"path\":\"/a?b\",\"status\":404,\"x\":true,\"y\":false,\"z\":null,\"token\":\"t.u.v\"}\r ",
+        true,
+    )
+    .expect("plain");
+    assert_eq!(r.time_ms, T);
+    assert_eq!(r.status, Some(404));
+    assert_eq!(r.path, "/a");
+    assert!(matches!(r.path, Cow::Borrowed(_)));
+    assert!(matches!(r.token, Some(Cow::Borrowed("t.u.v"))));
+    // Unicode (not escaped) is borrowed as is; a duplicate key: the last one wins, as
+    // with serde_json.
+    let r = same_both_ways(
+        &map,
+        r#"{"time":1772359200,"ip":"192.0.2.7","method":"GET","path":"/x","account":"zoë 北京 🦀","label":"a","label":"b"}"#,
+        true,
+    )
+    .expect("unicode");
+    assert_eq!(r.account.as_deref(), Some("zoë 北京 🦀"));
+    assert_eq!(r.label.as_deref(), Some("b"));
+    // Booleans and null on mapped targets: null is absent, `true` is text.
+    let r = same_both_ways(
+        &map,
+        r#"{"time":1772359200,"ip":"192.0.2.7","method":"GET","path":"/x","account":null,"label":true}"#,
+        true,
+    )
+    .expect("literals");
+    assert_eq!(r.account, None);
+    assert_eq!(r.label.as_deref(), Some("true"));
+}
+
+#[test]
+fn scanner_leaves_unusual_values_to_serde_json() {
+    let map = FieldMap::new(Format::JsonLines);
+    let head = r#"{"time":1772359200,"ip":"192.0.2.7","method":"GET","path":"/x""#;
+    for (tail, ok) in [
+        // Escapes: decoded by serde_json, in mapped and unmapped fields and in keys.
+        (r#","account":"a\"b\\c\u00e9\ud83e\udd80"}"#, true),
+        (r#","other":"\n"}"#, true),
+        (r#","acc\u006funt":"k"}"#, true),
+        // Fractions, exponents, negative and big numbers, nested values.
+        (r#","status":2.0e2}"#, true),
+        (r#","other":-1}"#, true),
+        (r#","other":18446744073709551616}"#, true),
+        (r#","other":{"a":[1,{"b":null}]}}"#, true),
+        (r#","other":[]}"#, true),
+        // Not JSON, or not the right types.
+        (r#","other":01}"#, false),
+        (r#","account":"a"#, false),
+        (r#","account":"a	b"}"#, false),
+        (r#","account":{"a":1}}"#, false),
+        (r#",}"#, false),
+        (r#"} x"#, false),
+        (r#""#, false),
+        (r#","other":nul}"#, false),
+        (r#","other":truex}"#, false),
+        // A lone surrogate: ignored in an unmapped field, refused in a mapped one.
+        (r#","other":"\ud800"}"#, true),
+        (r#","account":"\ud800"}"#, false),
+        (r#","other":"\x"}"#, false),
+    ] {
+        let line = format!("{head}{tail}");
+        let got = same_both_ways(&map, &line, false);
+        assert_eq!(got.is_ok(), ok, "{line:?}: {got:?}");
+        if let Err(e) = got {
+            assert!(matches!(e, LineError::Json(_)), "{line:?}: {e}");
+        }
+    }
+    // Invalid UTF-8 anywhere: serde_json decides (and refuses it in a mapped string).
+    let mut bad = format!("{head},\"account\":\"").into_bytes();
+    bad.extend_from_slice(&[0xff, 0xfe]);
+    bad.extend_from_slice(b"\"}");
+    assert!(!scan_object(&map, &bad, &mut Partial::default()));
+    assert_eq!(map.parse(&bad), map.parse_with_serde(&bad));
+    assert!(map.parse(&bad).is_err());
+}
+
+#[test]
+fn scanner_missing_fields_and_malformed_lines() {
+    let map = FieldMap::new(Format::JsonLines);
+    // Well-formed, fields missing: the same error either way.
+    for (line, missing) in [
+        (r#"{}"#, "time"),
+        (r#"{"ip":"192.0.2.7"}"#, "time"),
+        (r#"{"time":1772359200}"#, "ip"),
+        (r#"{"time":1772359200,"ip":"192.0.2.7"}"#, "method"),
+        (
+            r#"{"time":1772359200,"ip":"192.0.2.7","method":"GET"}"#,
+            "path",
+        ),
+        (
+            r#"{"time":null,"ip":"192.0.2.7","method":"GET","path":"/"}"#,
+            "time",
+        ),
+    ] {
+        let got = same_both_ways(&map, line, true);
+        assert_eq!(got, Err(LineError::Missing(missing)), "{line}");
+    }
+    for line in [
+        "[1,2]",
+        "\"x\"",
+        "{",
+        "{\"time\"",
+        "{\"time\":}",
+        "{\"a\" 1}",
+        "nul",
+    ] {
+        let got = same_both_ways(&map, line, false);
+        assert!(matches!(got, Err(LineError::Json(_))), "{line}: {got:?}");
+    }
+}
+
+#[test]
+fn scanner_huge_lines() {
+    let map = FieldMap::new(Format::JsonLines);
+    // A megabyte of token, and one of an ignored field, at every alignment of the
+    // eight-byte scan around the closing quote.
+    for pad in 0..9 {
+        let big = "a".repeat((1 << 20) + pad);
+        let line = format!(
+            r#"{{"time":1772359200,"ip":"192.0.2.7","method":"GET","path":"/x","token":"{big}","junk":"{big}"}}"#
+        );
+        let r = same_both_ways(&map, &line, true).expect("huge");
+        assert_eq!(r.token.as_deref().map(str::len), Some((1 << 20) + pad));
+        // A control character or a backslash deep inside, near a chunk boundary.
+        for (c, ok) in [('\u{1}', false), ('\\', false)] {
+            let mut s = big.clone();
+            s.insert((1 << 20) - 3 + pad, c);
+            let line = format!(
+                r#"{{"time":1772359200,"ip":"192.0.2.7","method":"GET","path":"/x","token":"{s}"}}"#
+            );
+            let got = same_both_ways(&map, &line, false);
+            assert_eq!(got.is_ok(), ok);
+        }
+    }
+}

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use serde::Serialize;
 use warden_detect::{describe_key, Facts, Verdict};
@@ -19,6 +21,8 @@ pub const MAX_KEYS_PER_RULE: usize = 100_000;
 pub const TOP_KEYS: usize = 5;
 /// Most buckets a time series holds before it halves its resolution.
 const MAX_BUCKETS: usize = 4096;
+/// Labels found by a scan rather than a hash lookup.
+const SCANNED_LABELS: usize = 16;
 /// "After the first 10 s" of each label's traffic, for the detection report.
 pub const GRACE_MS: u64 = 10_000;
 
@@ -75,7 +79,9 @@ pub struct RuleStats {
     would_block: u64,
     decided: u64,
     first_hit_ms: Option<u64>,
-    keys: HashMap<Box<str>, u64>,
+    /// Hits per key, by the engine's key digest ([`warden_detect::Hit::key_id`]), with
+    /// the key's description, written once, when the key first hits.
+    keys: HashMap<u64, (u64, Box<str>), Digest>,
     keys_dropped: u64,
     /// hits, would-block over time.
     series: Option<Series>,
@@ -91,9 +97,32 @@ struct LabelStats {
     before_first_refusal: u64,
     after_grace: u64,
     after_grace_passed: u64,
-    users: HashSet<u64>,
-    users_refused: HashSet<u64>,
+    users: HashSet<u64, Digest>,
+    users_refused: HashSet<u64, Digest>,
 }
+
+/// A hasher for keys that are already well mixed 64-bit digests (the engine's key
+/// digests) or addresses: one multiply instead of SipHash on every hit and request.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing of the value mixed with what came before: spreads addresses
+        // (consecutive integers) over the table's high bits, which hashbrown uses.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Digest = BuildHasherDefault<MixHasher>;
 
 /// A line that was not read.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -117,7 +146,14 @@ pub struct Stats {
     last_ms: u64,
     outcomes: BTreeMap<Outcome, u64>,
     rules: Vec<RuleStats>,
-    labels: HashMap<Box<str>, LabelStats>,
+    /// The engine's rule names (pointers) already resolved to an index in `rules`: a
+    /// hit is matched by pointer, not by hashing its name.
+    by_name: Vec<(Arc<str>, usize)>,
+    /// Usually few (the simulator has five): the first [`SCANNED_LABELS`] are found by a
+    /// scan, which beats hashing the label on every line; later ones through
+    /// `label_index`.
+    labels: Vec<(Box<str>, LabelStats)>,
+    label_index: HashMap<Box<str>, usize>,
     /// requests, refused over time.
     series: Option<Series>,
     key_buf: String,
@@ -139,15 +175,31 @@ impl Stats {
                     would_block: 0,
                     decided: 0,
                     first_hit_ms: None,
-                    keys: HashMap::new(),
+                    keys: HashMap::default(),
                     keys_dropped: 0,
                     series: None,
                 })
                 .collect(),
-            labels: HashMap::new(),
+            by_name: Vec::new(),
+            labels: Vec::new(),
+            label_index: HashMap::new(),
             series: None,
             key_buf: String::new(),
         }
+    }
+
+    /// The index in `rules` of the rule named `name` (an engine's name, compared by
+    /// pointer first).
+    fn rule_index(&mut self, name: &Arc<str>, table: &RuleTable) -> Option<usize> {
+        if let Some((_, i)) = self.by_name.iter().find(|(n, _)| Arc::ptr_eq(n, name)) {
+            return Some(*i);
+        }
+        let (i, _) = table.get(name)?;
+        // Bounded: a rule set's names, and a reload's (replay does not reload).
+        if self.by_name.len() < 4 * self.rules.len() + 16 {
+            self.by_name.push((Arc::clone(name), *i));
+        }
+        Some(*i)
     }
 
     pub(crate) fn count(
@@ -171,10 +223,10 @@ impl Stats {
         }
         if let (Some(v), Some((f, table))) = (verdict, facts) {
             for h in &v.hits {
-                let Some((i, rule)) = table.get(&h.rule) else {
+                let Some(i) = self.rule_index(&h.rule, table) else {
                     continue;
                 };
-                let Some(s) = self.rules.get_mut(*i) else {
+                let Some(s) = self.rules.get_mut(i) else {
                     continue;
                 };
                 s.hits += 1;
@@ -185,23 +237,19 @@ impl Stats {
                     s.would_block += 1;
                     series.add(t_s, 1);
                 }
-                describe_key(&rule.key, f, &mut self.key_buf);
-                let known = s
-                    .keys
-                    .get_mut(self.key_buf.as_str())
-                    .map(|n| *n += 1)
-                    .is_some();
-                if !known {
-                    if s.keys.len() < MAX_KEYS_PER_RULE {
-                        s.keys.insert(self.key_buf.as_str().into(), 1);
-                    } else {
-                        s.keys_dropped += 1;
+                let full = s.keys.len() >= MAX_KEYS_PER_RULE;
+                match s.keys.get_mut(&h.key_id) {
+                    Some((n, _)) => *n += 1,
+                    None if !full => {
+                        describe_key(&s.rule.key, f, &mut self.key_buf);
+                        s.keys.insert(h.key_id, (1, self.key_buf.as_str().into()));
                     }
+                    None => s.keys_dropped += 1,
                 }
             }
             if let Some(by) = &d.decided_by {
-                if let Some((i, _)) = table.get(by) {
-                    if let Some(s) = self.rules.get_mut(*i) {
+                if let Some(i) = self.rule_index(by, table) {
+                    if let Some(s) = self.rules.get_mut(i) {
                         s.decided += 1;
                         // A ban in force refuses without the rule being over its threshold.
                         if !refusing(v, by) {
@@ -215,13 +263,31 @@ impl Stats {
             }
         }
         if let Some(label) = req.label.as_deref() {
-            let l = match self.labels.get_mut(label) {
-                Some(l) => l,
-                None => self.labels.entry(label.into()).or_insert(LabelStats {
-                    first_ms: now_ms,
-                    ..LabelStats::default()
-                }),
+            let scanned = self.labels.len().min(SCANNED_LABELS);
+            let found = match self.labels[..scanned]
+                .iter()
+                .position(|(n, _)| **n == *label)
+            {
+                Some(i) => Some(i),
+                None => self.label_index.get(label).copied(),
             };
+            let at = match found {
+                Some(i) => i,
+                None => {
+                    if self.labels.len() >= SCANNED_LABELS {
+                        self.label_index.insert(label.into(), self.labels.len());
+                    }
+                    self.labels.push((
+                        label.into(),
+                        LabelStats {
+                            first_ms: now_ms,
+                            ..LabelStats::default()
+                        },
+                    ));
+                    self.labels.len() - 1
+                }
+            };
+            let l = &mut self.labels[at].1;
             l.requests += 1;
             // A client is an address: in the simulator, one person or one scraper node.
             // (Accounts would count a person twice: static assets carry no token.)
@@ -258,7 +324,7 @@ impl Stats {
             .rules
             .iter()
             .map(|s| {
-                let mut keys: Vec<(&str, u64)> = s.keys.iter().map(|(k, n)| (&**k, *n)).collect();
+                let mut keys: Vec<(&str, u64)> = s.keys.values().map(|(n, k)| (&**k, *n)).collect();
                 keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
                 RuleReport {
                     name: s.rule.name.clone(),
