@@ -290,7 +290,10 @@ impl Compiler<'_> {
             if path.is_dir() {
                 self.sink.error(
                     span,
-                    format!("state.snapshot_path {} is a directory; expected a file", path.display()),
+                    format!(
+                        "state.snapshot_path {} is a directory; expected a file",
+                        path.display()
+                    ),
                 );
                 return None;
             }

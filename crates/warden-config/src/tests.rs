@@ -459,8 +459,14 @@ fn state_snapshot_defaults_beside_the_ledger_and_is_checked() {
         dir.path().display()
     ));
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].starts_with("w.toml:4:17: error:") && e[0].contains("is a directory"), "{e:?}");
-    assert!(e[1].starts_with("w.toml:5:21: error:") && e[1].contains("1s to 24h"), "{e:?}");
+    assert!(
+        e[0].starts_with("w.toml:4:17: error:") && e[0].contains("is a directory"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("w.toml:5:21: error:") && e[1].contains("1s to 24h"),
+        "{e:?}"
+    );
     let e = errs(&format!(
         "{MIN}[ledger]\npath = \"l.redb\"\n[state]\nsnapshot_path = \"l.redb.handoff.jsonl\"\n"
     ));

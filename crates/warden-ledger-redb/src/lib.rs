@@ -24,6 +24,11 @@
 //!   imports the journal, and keeps importing what the old process appends until that
 //!   process exits (it holds an exclusive `flock` on the journal while it lives), then
 //!   deletes the journal. A journal left by a crash is imported at the next start.
+//!   The other way round, while the old process lives, the new one mirrors every
+//!   record and revocation it commits to `<store>.handback.jsonl`, which the old one
+//!   follows into its index: a token issued through the new process and used at once
+//!   through the old one (both accept connections for pingora's 5 s) is known there
+//!   too, and a revocation made through the new one applies in both.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -146,6 +151,17 @@ pub struct EmbeddedLedger {
     journal: Mutex<Option<std::fs::File>>,
     /// The thread importing an old process's journal, and its stop flag.
     tail: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// After the hand-over: the thread applying the new process's mirror to the index.
+    mirror: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+}
+
+/// The new process's mirror of its commits for a draining old process:
+/// `<store>.handback.jsonl`.
+#[must_use]
+pub fn handback_path(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_owned();
+    name.push(".handback.jsonl");
+    store.with_file_name(name)
 }
 
 /// The hand-off journal of a store: `<store>.handoff.jsonl`.
@@ -241,13 +257,31 @@ impl EmbeddedLedger {
                 })
             }
         };
+        // An old process still drains: mirror this process's commits for it.
+        let handback = Arc::new(Mutex::new(None));
+        if follow {
+            let hb = handback_path(path);
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&hb)
+                .map_err(|e| OpenError::Journal {
+                    path: hb.clone(),
+                    detail: e.to_string(),
+                })?;
+            *handback
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(f);
+        }
         let (tx, rx) = sync_channel(queue.max(1));
         let writer = {
             let db = Arc::clone(&db);
             let index = Arc::clone(&index);
+            let handback = Arc::clone(&handback);
             std::thread::Builder::new()
                 .name("warden-ledger-writer".into())
-                .spawn(move || writer_loop(&db, &index, &rx))
+                .spawn(move || writer_loop(&db, &index, &rx, &handback))
                 .map_err(|source| OpenError::Thread {
                     path: path.to_owned(),
                     source,
@@ -256,9 +290,20 @@ impl EmbeddedLedger {
         let tail = if follow {
             let stop = Arc::new(AtomicBool::new(false));
             let (db, index, flag) = (Arc::clone(&db), Arc::clone(&index), Arc::clone(&stop));
+            let (handback, hb) = (Arc::clone(&handback), handback_path(path));
             let handle = std::thread::Builder::new()
                 .name("warden-ledger-journal".into())
-                .spawn(move || follow_journal(reading, &db, &index, &flag))
+                .spawn(move || {
+                    follow_journal(reading, &db, &index, &flag);
+                    // The old process is gone (or this ledger closes): no more mirror.
+                    let f = handback
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take();
+                    if f.is_some() {
+                        let _ = std::fs::remove_file(&hb);
+                    }
+                })
                 .map_err(|source| OpenError::Thread {
                     path: path.to_owned(),
                     source,
@@ -273,6 +318,7 @@ impl EmbeddedLedger {
             store: RwLock::new(Some(Store { db, tx, writer })),
             journal: Mutex::new(None),
             tail: Mutex::new(tail),
+            mirror: Mutex::new(None),
         })
     }
 
@@ -355,14 +401,15 @@ impl EmbeddedLedger {
     }
 
     fn close(&self) {
-        if let Some((stop, handle)) = self
-            .tail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            stop.store(true, Ordering::Relaxed);
-            let _ = handle.join();
+        for thread in [&self.tail, &self.mirror] {
+            let t = thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some((stop, handle)) = t {
+                stop.store(true, Ordering::Relaxed);
+                let _ = handle.join();
+            }
         }
         let store = self
             .store
@@ -506,7 +553,31 @@ impl Ledger for EmbeddedLedger {
             }
             *g = Some(f);
         }
+        // A mirror left from an earlier upgrade must not be read as the new one's: the
+        // new process creates its mirror only after it gets the store, below.
+        let hb = handback_path(&self.path);
+        match std::fs::remove_file(&hb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
         self.close();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (index, flag) = (Arc::clone(&self.index), Arc::clone(&stop));
+        match std::thread::Builder::new()
+            .name("warden-ledger-mirror".into())
+            .spawn(move || follow_mirror(&hb, &index, &flag))
+        {
+            Ok(h) => {
+                *self
+                    .mirror
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stop, h));
+            }
+            Err(e) => log::error!(
+                "cannot follow the new process's records ({e}); tokens it issues are unknown here until this process exits"
+            ),
+        }
         log::info!(
             "ledger store {} handed over; records taken from now on go to {}",
             self.path.display(),
@@ -517,6 +588,110 @@ impl Ledger for EmbeddedLedger {
 }
 
 // === hand-off journal ===
+
+/// Appends a committed batch to the mirror a draining old process follows (no fsync:
+/// the store has the data; the mirror only feeds the old process's memory).
+fn mirror_batch(handback: &Mutex<Option<std::fs::File>>, batch: &[Op]) {
+    let mut g = handback
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(f) = g.as_mut() else { return };
+    let mut lines = String::new();
+    for op in batch {
+        match op {
+            Op::Record(records, _) => {
+                for r in records {
+                    lines.push_str(&journal_line(r));
+                    lines.push('\n');
+                }
+            }
+            Op::Revoke(rev, _) => {
+                let v = match rev {
+                    Revocation::Token(id) => {
+                        serde_json::json!({"revoke": "token", "token_id": id.to_hex()})
+                    }
+                    Revocation::Account { account, at } => {
+                        serde_json::json!({"revoke": "account", "account": account, "at": at})
+                    }
+                    Revocation::Kid(kid) => serde_json::json!({"revoke": "kid", "kid": kid}),
+                };
+                lines.push_str(&v.to_string());
+                lines.push('\n');
+            }
+            Op::Delete(..) => {}
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    if let Err(e) = f.write_all(lines.as_bytes()) {
+        log::warn!("ledger mirror for the draining old process: {e}; it stops here");
+        *g = None;
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(tag = "revoke", rename_all = "lowercase", deny_unknown_fields)]
+enum MirrorRevocation {
+    Token { token_id: String },
+    Account { account: String, at: u64 },
+    Kid { kid: String },
+}
+
+fn apply_mirror_line(line: &str, index: &MemIndex) -> Result<(), String> {
+    if line.contains("\"revoke\"") {
+        let rev = match serde_json::from_str::<MirrorRevocation>(line).map_err(|e| e.to_string())? {
+            MirrorRevocation::Token { token_id } => {
+                Revocation::Token(TokenId::from_hex(&token_id).map_err(|e| e.to_string())?)
+            }
+            MirrorRevocation::Account { account, at } => Revocation::Account { account, at },
+            MirrorRevocation::Kid { kid } => Revocation::Kid(kid),
+        };
+        let _ = index.revoke(&rev);
+    } else {
+        index.insert(&parse_journal_line(line)?);
+    }
+    Ok(())
+}
+
+/// In the old process after the hand-over: applies the new process's mirror to the
+/// index until this process exits.
+fn follow_mirror(path: &Path, index: &MemIndex, stop: &AtomicBool) {
+    let mut offset = 0u64;
+    let mut file: Option<std::io::BufReader<std::fs::File>> = None;
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        if file.is_none() {
+            file = std::fs::File::open(path).ok().map(std::io::BufReader::new);
+        }
+        if let Some(reader) = file.as_mut() {
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(n) if n > 0 && line.ends_with('\n') => {
+                        offset += n as u64;
+                        if let Err(e) = apply_mirror_line(line.trim(), index) {
+                            log::error!("ledger mirror {}: {e}", path.display());
+                        }
+                    }
+                    Ok(_) => {
+                        // Nothing more, or half a line: read it again next time.
+                        if reader.seek(std::io::SeekFrom::Start(offset)).is_err() {
+                            file = None;
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        log::error!("ledger mirror {}: {e}", path.display());
+                        file = None;
+                        break;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(JOURNAL_POLL);
+    }
+}
 
 /// One journal line: the facts form of `warden ledger import`.
 fn journal_line(r: &Record) -> String {
@@ -759,7 +934,12 @@ fn load(db: &Database, index: &MemIndex, path: &Path) -> Result<(), OpenError> {
 
 // === writer ===
 
-fn writer_loop(db: &Database, index: &MemIndex, rx: &Receiver<Op>) {
+fn writer_loop(
+    db: &Database,
+    index: &MemIndex,
+    rx: &Receiver<Op>,
+    handback: &Mutex<Option<std::fs::File>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_OPS {
@@ -770,6 +950,7 @@ fn writer_loop(db: &Database, index: &MemIndex, rx: &Receiver<Op>) {
         }
         match write_batch(db, &batch) {
             Ok(counts) => {
+                mirror_batch(handback, &batch);
                 for (op, count) in batch.into_iter().zip(counts) {
                     let ack = apply(index, op);
                     let _ = ack.send(Ok(count));

@@ -169,6 +169,16 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
             == Some(Answer::Issued)),
         "the new ledger did not import the journal"
     );
+    // The other way: what the new one commits reaches the old one's memory.
+    assert!(handback_path(&path).exists());
+    block_on(new.record(vec![rec("n", "nina", T0)])).expect("record");
+    block_on(new.revoke(Revocation::Token(TokenId::from_jti("a")))).expect("revoke");
+    assert!(
+        wait_until(Duration::from_secs(2), || old.check_local(&q("n", "nina"))
+            == Some(Answer::Issued)
+            && old.check_local(&q("a", "alice")) == Some(Answer::RevokedToken)),
+        "the old ledger did not follow the new one's commits"
+    );
     // Writes the journal cannot carry are refused with a reason, not dropped.
     let e = block_on(old.revoke(Revocation::Kid("k1".into()))).expect_err("refused");
     assert!(e.to_string().contains("handed its ledger"), "{e}");
@@ -179,17 +189,22 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
     block_on(old.record(vec![rec("d", "dave", T0)])).expect("record");
     drop(old);
     assert!(
-        wait_until(Duration::from_secs(2), || !journal.exists()),
-        "journal not removed"
+        wait_until(Duration::from_secs(2), || !journal.exists()
+            && !handback_path(&path).exists()),
+        "journal or mirror not removed"
     );
     assert_eq!(new.check_local(&q("d", "dave")), Some(Answer::Issued));
     // Everything is in the store itself.
     drop(new);
     let again = EmbeddedLedger::open(&path, 64).expect("reopen");
-    for (j, a) in [("a", "alice"), ("b", "bob"), ("c", "carol"), ("d", "dave")] {
+    for (j, a) in [("b", "bob"), ("c", "carol"), ("d", "dave"), ("n", "nina")] {
         assert_eq!(again.check_local(&q(j, a)), Some(Answer::Issued), "{j}");
     }
-    assert_eq!(again.stats().entries, 4);
+    assert_eq!(
+        again.check_local(&q("a", "alice")),
+        Some(Answer::RevokedToken)
+    );
+    assert_eq!(again.stats().entries, 5);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod demo;
 mod ledger_cmd;
+mod lifecycle;
 mod replay_cmd;
 mod run;
 mod simulate_cmd;
