@@ -195,6 +195,11 @@ fn a_graceful_upgrade_under_load_loses_no_request() {
     );
     let log = w.log();
     assert!(log.contains("ledger handed over"), "{log}");
+    // Logins the old process took after handing over went through the journal.
+    assert!(
+        log.contains("ledger hand-off journal") && log.contains("records"),
+        "{log}"
+    );
     // (pingora's "No incoming socket transfer" while the new process waits for the
     // sockets is logged as an error by pingora itself; warden's own must be none.)
     assert!(!log.lines().any(|l| l.contains(" ERROR warden")), "{log}");
@@ -303,6 +308,28 @@ fn counters_and_bans_survive_a_restart_and_a_damaged_snapshot_is_only_logged() {
         "{log}"
     );
     assert_eq!(get_from(&w, "127.0.0.12", &tok), 200, "empty state: no ban");
+}
+
+#[test]
+fn periodic_snapshots_keep_state_through_a_crash() {
+    let up = Upstream::start(kid::ACTIVE);
+    let mut w = Warden::start_lifecycle(
+        up.addr,
+        RULES,
+        "[state]\nsnapshot_interval = \"1s\"\n",
+        "0s",
+        "2s",
+    );
+    let tok = token(SampleKey::RsA, kid::ACTIVE, "alice", now());
+    let mallory = token(SampleKey::RsA, kid::ACTIVE, "mallory", now());
+    w.record(&tok);
+    w.record(&mallory);
+    build_state(&w, &tok, &mallory);
+    // Two periodic snapshots later, kill -9: no snapshot at stop this time.
+    std::thread::sleep(Duration::from_millis(2500));
+    w.kill9_and_restart();
+    assert!(!w.log().contains("state snapshot (stop)"));
+    state_holds(&w, &tok, &mallory);
 }
 
 #[test]
