@@ -315,6 +315,7 @@ pub struct Warden {
     grace_period: String,
     shutdown_timeout: String,
     upgrades: usize,
+    env: Vec<(String, String)>,
 }
 
 /// The old process of a graceful upgrade, draining: waited for (bounded) and killed if
@@ -373,6 +374,18 @@ impl Warden {
         grace_period: &str,
         shutdown_timeout: &str,
     ) -> Self {
+        Self::start_lifecycle_env(upstream, rules, extra, grace_period, shutdown_timeout, &[])
+    }
+
+    /// [`Warden::start_lifecycle`] with environment variables for every process it starts.
+    pub fn start_lifecycle_env(
+        upstream: SocketAddr,
+        rules: &str,
+        extra: &str,
+        grace_period: &str,
+        shutdown_timeout: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra = if rules.is_empty() {
             extra.to_owned()
@@ -380,7 +393,15 @@ impl Warden {
             std::fs::write(dir.path().join("rules.toml"), rules).expect("write rules");
             format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}")
         };
-        Self::start_full(dir, upstream, &extra, "", grace_period, shutdown_timeout)
+        Self::start_full(
+            dir,
+            upstream,
+            &extra,
+            "",
+            grace_period,
+            shutdown_timeout,
+            env,
+        )
     }
 
     fn start_in(
@@ -389,7 +410,7 @@ impl Warden {
         extra: &str,
         token_extra: &str,
     ) -> Self {
-        Self::start_full(dir, upstream, extra, token_extra, "0s", "2s")
+        Self::start_full(dir, upstream, extra, token_extra, "0s", "2s", &[])
     }
 
     fn start_full(
@@ -399,6 +420,7 @@ impl Warden {
         token_extra: &str,
         grace_period: &str,
         shutdown_timeout: &str,
+        env: &[(&str, &str)],
     ) -> Self {
         let keys = dir.path().join("keys");
         std::fs::create_dir_all(&keys).expect("mkdir keys");
@@ -425,6 +447,10 @@ impl Warden {
             grace_period: grace_period.to_owned(),
             shutdown_timeout: shutdown_timeout.to_owned(),
             upgrades: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         w.write_config(upstream, "");
         let mut w = w;
@@ -686,6 +712,7 @@ paths = ["/account/*"]
         if upgrade {
             cmd.arg("--upgrade");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", "info")
             .stdout(events)
             .stderr(log)

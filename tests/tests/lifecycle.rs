@@ -442,3 +442,99 @@ fn a_graceful_stop_drains_requests_in_flight() {
     );
     assert!(w.log().contains("state snapshot (stop) written"));
 }
+
+/// Whether a process (not ours to wait for) has ended: gone, or a zombie.
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn warden_upgrade_hands_over_and_tells_systemd_the_new_main_pid() {
+    let up = Upstream::start(kid::ACTIVE);
+    let notify_dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = notify_dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind notify");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let socket_env = notify_path.display().to_string();
+    let mut w = Warden::start_lifecycle_env(
+        up.addr,
+        RULES,
+        "",
+        "0s",
+        "2s",
+        &[("NOTIFY_SOCKET", &socket_env)],
+    );
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let old = w.pid();
+    assert_eq!(next(), format!("READY=1\nMAINPID={old}"));
+    let tok = token(SampleKey::RsA, kid::ACTIVE, "alice", now());
+    w.record(&tok);
+    for _ in 0..3 {
+        assert_eq!(get_from(&w, "127.0.0.21", &tok), 200);
+    }
+
+    // As systemd's ExecReload would run it: the pid from server.pid_file.
+    let out = std::fs::File::create(w.dir.path().join("upgrade-cmd.log")).expect("log");
+    let status = std::process::Command::new(warden_e2e::warden_bin())
+        .args(["upgrade", "--config"])
+        .arg(w.config_path())
+        .env("NOTIFY_SOCKET", &socket_env)
+        .env("RUST_LOG", "info")
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .status()
+        .expect("run warden upgrade");
+    let said = std::fs::read_to_string(w.dir.path().join("upgrade-cmd.log")).unwrap_or_default();
+    assert!(status.success(), "{said}");
+    assert!(said.contains(&format!("took over from {old}")), "{said}");
+    let new: u32 = std::fs::read_to_string(w.dir.path().join("warden.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_ne!(new, old);
+    // Not our child: make sure it goes even if an assertion below fails.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if !ended(self.0) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &self.0.to_string()])
+                    .status();
+            }
+        }
+    }
+    let _guard = KillOnDrop(new);
+    assert_eq!(next(), format!("READY=1\nMAINPID={new}"));
+    // The old process drains and exits; the new one serves, with the state.
+    let mut draining = w.detach();
+    assert!(draining
+        .wait(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    assert_eq!(
+        get_from(&w, "127.0.0.21", &tok),
+        403,
+        "the count came along"
+    );
+    // SIGTERM: systemd hears that the main process is stopping.
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &new.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    assert_eq!(next(), "STOPPING=1");
+    assert!(
+        wait_for(Duration::from_secs(10), || ended(new).then_some(())).is_some(),
+        "the new process did not stop"
+    );
+}

@@ -166,9 +166,52 @@ impl LifecycleService {
     }
 }
 
+/// Tells systemd (`Type=notify`, `NotifyAccess=all`) something about this process, if
+/// it was started with a `NOTIFY_SOCKET`; errors are logged, never fatal. `MAINPID=` in
+/// the message makes the new process of a graceful upgrade the unit's main process.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let send = || -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(state.as_bytes(), &addr)?;
+                return Ok(());
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = name;
+                return Err(std::io::Error::other("abstract sockets are Linux only"));
+            }
+        }
+        sock.send_to(state.as_bytes(), &path)?;
+        Ok(())
+    };
+    if let Err(e) = send() {
+        log::warn!("cannot notify systemd ({}): {e}", path.to_string_lossy());
+    }
+}
+
+/// Writes this process's id to `server.pid_file` (`warden upgrade` reads it); a failure
+/// is only a warning.
+pub fn write_pid_file(path: &std::path::Path) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write the pid file {}: {e}", path.display());
+    }
+}
+
 #[async_trait]
 impl BackgroundService for LifecycleService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Services start in order; the listeners (bound, or inherited on an upgrade)
+        // accept as soon as theirs start, a moment after this.
+        sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         let phases = self
             .phases
             .lock()
@@ -195,7 +238,12 @@ impl BackgroundService for LifecycleService {
                     let _ = tokio::task::spawn_blocking(move || lc.save("periodic")).await;
                 }
                 // The final snapshot is written after the drain (run.rs), not here.
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    if !self.lifecycle.handed_over.load(Ordering::Acquire) {
+                        sd_notify("STOPPING=1");
+                    }
+                    return;
+                }
             }
         }
     }

@@ -201,6 +201,8 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
     ));
     let lifecycle = Arc::new(Lifecycle::new(Arc::clone(&shared), &config.state));
     lifecycle.restore();
+    // Sockets, ledger and state are ours: `warden upgrade` takes this as the hand-over.
+    crate::lifecycle::write_pid_file(&config.server.pid_file);
 
     let peers: Vec<String> = config
         .upstream
