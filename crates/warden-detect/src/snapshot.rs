@@ -34,7 +34,17 @@ use std::path::{Path, PathBuf};
 pub const MAGIC: [u8; 8] = *b"WRDNSTAT";
 /// The format version this build writes and reads.
 pub const VERSION: u16 = 1;
-const HEADER: usize = 8 + 2 + 4 + 8;
+/// Bytes of the header before the body.
+pub const HEADER: usize = 8 + 2 + 4 + 8;
+
+/// Wraps a body in a header with its length and checksum: for tools and the fuzz target,
+/// which mutate bodies (a mutated whole file almost never gets past the checksum).
+#[must_use]
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.bytes(body);
+    w.finish()
+}
 
 /// Why a snapshot could not be read or written. Restoring fails as a whole: nothing of
 /// a snapshot that fails is applied.
