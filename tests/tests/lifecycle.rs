@@ -471,9 +471,14 @@ fn warden_upgrade_hands_over_and_tells_systemd_the_new_main_pid() {
         &[("NOTIFY_SOCKET", &socket_env)],
     );
     let mut buf = [0u8; 256];
-    let mut next = || {
-        let n = notify.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+    let logs = w.dir.path().to_owned();
+    let mut next = || match notify.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(e) => panic!(
+            "no notification ({e}); logs:\n{}\n--- upgrade-cmd.log\n{}",
+            std::fs::read_to_string(logs.join("warden.log")).unwrap_or_default(),
+            std::fs::read_to_string(logs.join("upgrade-cmd.log")).unwrap_or_default()
+        ),
     };
     let old = w.pid();
     assert_eq!(next(), format!("READY=1\nMAINPID={old}"));

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::server::{
+    ExecutionPhase, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch, UnixShutdownSignalWatch,
+};
 use pingora::services::background::BackgroundService;
 use tokio::sync::broadcast;
 use warden_proxy::{unix_now_ms, Shared};
@@ -198,6 +200,23 @@ pub fn sd_notify(state: &str) {
     }
 }
 
+/// pingora's signal handling (SIGTERM graceful stop, SIGINT fast stop, SIGQUIT upgrade)
+/// that tells systemd `STOPPING=1` the moment a stop begins, before pingora acts on it
+/// (from a service, the message could be lost to the runtimes' shutdown). An upgrade
+/// sends nothing: the new process announces itself as the main process instead.
+pub struct NotifyingSignals;
+
+#[async_trait]
+impl ShutdownSignalWatch for NotifyingSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = UnixShutdownSignalWatch.recv().await;
+        if !matches!(signal, ShutdownSignal::GracefulUpgrade) {
+            sd_notify("STOPPING=1");
+        }
+        signal
+    }
+}
+
 /// Writes this process's id to `server.pid_file` (`warden upgrade` reads it); a failure
 /// is only a warning.
 pub fn write_pid_file(path: &std::path::Path) {
@@ -238,12 +257,7 @@ impl BackgroundService for LifecycleService {
                     let _ = tokio::task::spawn_blocking(move || lc.save("periodic")).await;
                 }
                 // The final snapshot is written after the drain (run.rs), not here.
-                _ = shutdown.changed() => {
-                    if !self.lifecycle.handed_over.load(Ordering::Acquire) {
-                        sd_notify("STOPPING=1");
-                    }
-                    return;
-                }
+                _ = shutdown.changed() => return,
             }
         }
     }

@@ -261,7 +261,9 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         config.upstream.peers,
         shared.ledger.stats().entries
     );
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::NotifyingSignals),
+    });
     // Stopped (SIGTERM after the drain, or SIGINT): the final snapshot, with everything
     // counted. After an upgrade the new process owns the file and this writes nothing.
     lifecycle.save("stop");
