@@ -694,6 +694,17 @@ paths = ["/account/*"]
             "warden did not become ready; log:\n{}",
             self.log()
         );
+        // /ready is the admin service's; pingora starts the proxy's listener a moment
+        // later (services start one after the other): wait for it too.
+        let proxy = self.proxy;
+        let listening = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&proxy, Duration::from_secs(1)).ok()
+        });
+        assert!(
+            listening.is_some(),
+            "the proxy does not listen on {proxy}; log:\n{}",
+            self.log()
+        );
     }
 
     fn spawn_process(&self, upgrade: bool, log: &str) -> Child {
