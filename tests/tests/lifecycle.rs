@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use warden_core::fixtures::SampleKey;
-use warden_e2e::{kid, now, raw, raw_from, request, token, wait_for, Upstream, Warden};
+use warden_e2e::{kid, now, raw, raw_from, request, token, wait_for, Conn, Upstream, Warden};
 
 /// A GET with `Connection: close` as raw bytes.
 fn get_bytes(path: &str, bearer: &str) -> Vec<u8> {
@@ -38,11 +38,16 @@ fn metric_sum(w: &Warden, prefix: &str) -> f64 {
 }
 
 /// Load: `readers` threads GET a protected page with a recorded token over fresh
-/// connections; one more logs in through the proxy (the record is taken inline) and at
-/// once uses the new token. Every failure is kept with what it was.
+/// connections; two more do the same over kept-alive connections, as an HTTP client
+/// does: a new connection after a response with `Connection: close`, and one retry of a
+/// request the server closed the connection on without answering (RFC 9112, 9.3.1:
+/// an idle connection closed by the server; counted in `retried`); one more logs in
+/// through the proxy (the record is taken inline) and at once uses the new token. Every
+/// failure is kept with what it was.
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
+    retried: Arc<AtomicU64>,
     errors: Arc<Mutex<Vec<String>>>,
     issued: Arc<Mutex<Vec<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -52,6 +57,7 @@ impl Load {
     fn start(proxy: SocketAddr, tok: &str, readers: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
+        let retried = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let issued = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
@@ -118,6 +124,7 @@ impl Load {
         Self {
             stop,
             ok,
+            retried,
             errors,
             issued,
             threads,
@@ -126,6 +133,10 @@ impl Load {
 
     /// Stops the load; (requests answered 200, failures, tokens issued).
     fn finish(self) -> (u64, Vec<String>, Vec<String>) {
+        eprintln!(
+            "keep-alive requests retried on a fresh connection: {}",
+            self.retried.load(Ordering::Relaxed)
+        );
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
