@@ -37,6 +37,51 @@ fn metric_sum(w: &Warden, prefix: &str) -> f64 {
         .sum()
 }
 
+/// One request over a kept-alive connection, as an HTTP client sends it: a new
+/// connection when there is none (or the last response said `Connection: close`), and
+/// one retry on a fresh connection when the server closed the connection without
+/// answering (RFC 9112, 9.3.1), counted in `retried`.
+fn keep_alive_get(
+    proxy: SocketAddr,
+    conn: &mut Option<Conn>,
+    req: &[u8],
+    retried: &AtomicU64,
+) -> Result<warden_e2e::Response, String> {
+    for attempt in 0..2 {
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => Conn::open(proxy, Duration::from_secs(15))
+                .map_err(|e| format!("keep-alive connect: {e}"))?,
+        };
+        match c.send(req).and_then(|()| c.response()) {
+            Ok(Some(r)) => {
+                let close = r
+                    .header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                if !close {
+                    *conn = Some(c);
+                }
+                return Ok(r);
+            }
+            Ok(None) if attempt == 0 => {
+                retried.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e)
+                if attempt == 0
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    ) =>
+            {
+                retried.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(None) => return Err("keep-alive: closed twice without an answer".into()),
+            Err(e) => return Err(format!("keep-alive: {e}")),
+        }
+    }
+    Err("keep-alive: no answer".into())
+}
+
 /// Load: `readers` threads GET a protected page with a recorded token over fresh
 /// connections; two more do the same over kept-alive connections, as an HTTP client
 /// does: a new connection after a response with `Connection: close`, and one retry of a
@@ -77,6 +122,29 @@ impl Load {
                         }
                         Ok(r) => fail(&errors, format!("GET: {} {}", r.status, r.text())),
                         Err(e) => fail(&errors, format!("GET: {e}")),
+                    }
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let (stop, ok, retried, errors) =
+                (stop.clone(), ok.clone(), retried.clone(), errors.clone());
+            let req = format!(
+                "GET /account/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n\r\n"
+            )
+            .into_bytes();
+            threads.push(std::thread::spawn(move || {
+                let mut conn: Option<Conn> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    match keep_alive_get(proxy, &mut conn, &req, &retried) {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => fail(
+                            &errors,
+                            format!("keep-alive GET: {} {}", r.status, r.text()),
+                        ),
+                        Err(e) => fail(&errors, e),
                     }
                 }
             }));
@@ -133,10 +201,12 @@ impl Load {
 
     /// Stops the load; (requests answered 200, failures, tokens issued).
     fn finish(self) -> (u64, Vec<String>, Vec<String>) {
-        eprintln!(
-            "keep-alive requests retried on a fresh connection: {}",
-            self.retried.load(Ordering::Relaxed)
-        );
+        let retried = self.retried.load(Ordering::Relaxed);
+        eprintln!("keep-alive requests retried on a fresh connection: {retried}");
+        // pingora closes a kept-alive connection that is idle when the old process stops
+        // (one that carries a request then is answered with `Connection: close`): at
+        // most one unanswered request per kept-alive client, which the client retries.
+        assert!(retried <= 2, "{retried} retries for 2 kept-alive clients");
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
