@@ -127,6 +127,93 @@ fn engine(c: &mut Criterion) {
     g.finish();
 }
 
+/// Each rule of the default pack alone, with 200 000 users in random order (state cold, as
+/// in `legit_request_*_cold`): what one rule of each kind costs. The kinds in the pack:
+/// request counts keyed on the address, the account or the token, over minutes or a day;
+/// distinct counts (accounts per address or per network, addresses or networks per token,
+/// addresses per account) over minutes, a day or a week; path-restricted counts; and the
+/// login-route count (issuance class). Each request matches the rule's route class and
+/// paths, so the rule's counter or set is updated, not only its matcher run.
+fn per_rule(c: &mut Criterion) {
+    fn field_name(f: &warden_rules::Field) -> String {
+        format!("{f:?}")
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_lowercase()
+    }
+    let pack = default_pack();
+    let mut g = c.benchmark_group("rules/each_rule_cold");
+    let us = users(200_000);
+    for rule in pack {
+        let class = rule
+            .matcher
+            .classes
+            .first()
+            .copied()
+            .unwrap_or(RouteClass::Protected);
+        let path = match rule.matcher.paths.first() {
+            Some(warden_rules::PathPattern::Exact(p) | warden_rules::PathPattern::Prefix(p)) => {
+                p.clone()
+            }
+            None => "/account/profile".to_string(),
+        };
+        let label = format!(
+            "{}:{}_by_{}",
+            rule.name,
+            match &rule.measure {
+                warden_rules::Measure::Count => "count".to_string(),
+                warden_rules::Measure::Distinct(f) => format!("distinct_{}", field_name(f)),
+            },
+            rule.key
+                .iter()
+                .map(field_name)
+                .collect::<Vec<_>>()
+                .join("+")
+        );
+        let e = Engine::new(1 << 30, 1_000_000);
+        e.set_rules(vec![rule], 1 << 30);
+        let mut now = T0;
+        let step_ms = 500_000 / 200_000;
+        fn at<'a>(u: &'a User, path: &'a str, class: RouteClass, now: u64) -> Facts<'a> {
+            Facts {
+                class,
+                ..facts(u, path, now)
+            }
+        }
+        for u in &us {
+            let _ = e.evaluate(&at(u, &path, class, now));
+        }
+        let mut i = 0usize;
+        g.bench_function(label, |b| {
+            b.iter_batched_ref(
+                || {
+                    i = i.wrapping_add(7919) % us.len();
+                    now += step_ms;
+                    let u = &us[i];
+                    (
+                        User {
+                            ip: u.ip,
+                            account: u.account.clone(),
+                            token: u.token,
+                        },
+                        now,
+                    )
+                },
+                |(u, now)| black_box(e.evaluate(&at(u, &path, class, *now))),
+                BatchSize::SmallInput,
+            )
+        });
+        let v = e.evaluate(&at(&us[i], &path, class, now + step_ms));
+        assert!(
+            v.hits.is_empty(),
+            "legitimate users fired rules: {:?}",
+            v.hits
+        );
+    }
+    g.finish();
+}
+
 fn baselines(c: &mut Criterion) {
     let mut g = c.benchmark_group("rules/window");
     const KEYS: u64 = 100_000;
@@ -221,5 +308,5 @@ fn snapshot(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine, baselines, snapshot);
+criterion_group!(benches, engine, per_rule, baselines, snapshot);
 criterion_main!(benches);

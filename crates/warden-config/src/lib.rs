@@ -562,6 +562,7 @@ impl Compiler<'_> {
         Server {
             listen,
             threads: self.count("server.threads", &s.threads, cpus, 1..1025),
+            work_stealing: s.work_stealing.unwrap_or(false),
             upgrade_sock: s.upgrade_sock.as_ref().map_or_else(
                 || PathBuf::from("/tmp/warden_upgrade.sock"),
                 |p| self.path(p.get_ref()),

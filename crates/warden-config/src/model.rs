@@ -121,6 +121,12 @@ pub struct Server {
     pub listen: Vec<SocketAddr>,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Whether idle worker threads take tasks from busy ones (tokio's multi-thread
+    /// scheduler). Off by default: each thread then runs its own single-threaded runtime
+    /// and keeps the connections it accepted, which measured about 10 % less CPU per
+    /// proxied request on the load benchmark (benches/RESULTS.md); turn it on when a few
+    /// long connections would otherwise crowd one thread.
+    pub work_stealing: bool,
     /// Socket for graceful upgrade handover.
     pub upgrade_sock: PathBuf,
     /// PID file.

@@ -12,6 +12,7 @@ pub type S<T> = Spanned<T>;
 pub struct Server {
     pub listen: Option<S<Vec<S<String>>>>,
     pub threads: Option<S<i64>>,
+    pub work_stealing: Option<bool>,
     pub upgrade_sock: Option<S<String>>,
     pub pid_file: Option<S<String>>,
     pub grace_period: Option<S<String>>,

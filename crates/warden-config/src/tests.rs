@@ -474,3 +474,17 @@ fn state_snapshot_defaults_beside_the_ledger_and_is_checked() {
     let e = errs(&format!("{MIN}[state]\nsnapshot_pth = \"x\"\n"));
     assert!(e[0].contains("unknown field `snapshot_pth`"), "{e:?}");
 }
+
+#[test]
+fn work_stealing_is_off_unless_asked_for_and_must_be_a_boolean() {
+    assert!(!ok(MIN).config.server.work_stealing);
+    let on = format!("[server]\nwork_stealing = true\n{MIN}");
+    assert!(ok(&on).config.server.work_stealing);
+    let bad = format!("[server]\nwork_stealing = \"yes\"\n{MIN}");
+    let e = errs(&bad);
+    assert!(
+        e.iter()
+            .any(|m| m.contains("w.toml:2:") && m.contains("bool")),
+        "{e:?}"
+    );
+}

@@ -132,19 +132,29 @@ impl Phase {
         if bytes.is_empty() {
             return false;
         }
-        let (mut tail, started) = match *self {
+        let (tail, started) = match *self {
             Phase::Idle => (0, true),
             Phase::Header { tail } => (tail, false),
             Phase::Request | Phase::Tunnel => return false,
         };
-        for &b in bytes {
-            tail = (tail << 8) | u32::from(b);
+        // Only a LF can end a header: look at each one with the (up to) three bytes before
+        // it, which may have come in the previous read (`tail`).
+        for i in memchr::memchr_iter(b'\n', bytes) {
+            let last4 = bytes[i.saturating_sub(3)..=i]
+                .iter()
+                .fold(tail, |t, &b| (t << 8) | u32::from(b));
             // CRLF CRLF, or LF LF (with or without a CR before the second LF).
-            if tail == 0x0d0a_0d0a || tail & 0xffff == 0x0a0a || tail & 0x00ff_ffff == 0x000a_0d0a {
+            if last4 == 0x0d0a_0d0a
+                || last4 & 0xffff == 0x0a0a
+                || last4 & 0x00ff_ffff == 0x000a_0d0a
+            {
                 *self = Phase::Request;
                 return started;
             }
         }
+        let tail = bytes[bytes.len().saturating_sub(4)..]
+            .iter()
+            .fold(tail, |t, &b| (t << 8) | u32::from(b));
         *self = Phase::Header { tail };
         started
     }
@@ -382,6 +392,63 @@ mod tests {
             Phase::Header { .. }
         ));
         assert_eq!(after(&[b"", b""]), (Phase::Idle, 0));
+    }
+
+    /// The byte-at-a-time scan the line-feed search replaced: both must agree on where
+    /// a header ends, however the bytes are split into reads.
+    fn reference(reads: &[&[u8]]) -> Option<(usize, usize)> {
+        let mut tail = 0u32;
+        for (r, read) in reads.iter().enumerate() {
+            for (i, &b) in read.iter().enumerate() {
+                tail = (tail << 8) | u32::from(b);
+                if tail == 0x0d0a_0d0a
+                    || tail & 0xffff == 0x0a0a
+                    || tail & 0x00ff_ffff == 0x000a_0d0a
+                {
+                    return Some((r, i));
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn the_line_feed_search_agrees_with_a_byte_at_a_time_scan() {
+        // SplitMix64: deterministic inputs over the bytes that matter (CR, LF, others).
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        for _ in 0..20_000 {
+            let len = 1 + (next() % 24) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| [b'\r', b'\n', b'a', b':'][(next() % 4) as usize])
+                .collect();
+            // Cut into reads at random places.
+            let mut reads: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            while at < len {
+                let n = 1 + (next() % 5) as usize;
+                let end = (at + n).min(len);
+                reads.push(&bytes[at..end]);
+                at = end;
+            }
+            let want = reference(&reads);
+            let mut p = Phase::Idle;
+            let mut got = None;
+            for (r, read) in reads.iter().enumerate() {
+                p.read(read);
+                if p == Phase::Request {
+                    got = Some(r);
+                    break;
+                }
+            }
+            assert_eq!(got, want.map(|(r, _)| r), "{bytes:?} split as {reads:?}");
+        }
     }
 
     #[test]

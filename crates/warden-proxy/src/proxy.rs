@@ -631,7 +631,7 @@ impl ProxyHttp for WardenProxy {
     ) -> Result<()> {
         ctx.upstream_sent = Some(Instant::now());
         if let Some(ip) = ctx.client_ip {
-            req.append_header("x-forwarded-for", ip.to_string())?;
+            req.append_header("x-forwarded-for", crate::client_ip::header_value(ip))?;
         }
         if let Some(s) = &ctx.settings {
             // The tag header is warden's to set: a client's own copy is dropped.

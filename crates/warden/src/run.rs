@@ -175,6 +175,7 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         upgrade_sock: config.server.upgrade_sock.display().to_string(),
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        work_stealing: config.server.work_stealing,
         ..ServerConf::default()
     };
     let opt = Opt {
