@@ -1,6 +1,7 @@
 //! The behaviour engine per request, with the default rule pack, against naive baselines.
 //!
-//! `cargo bench -p warden-benches --bench rules`
+//! `cargo bench -p warden-benches --bench rules` (`-- snapshot` for the state snapshot
+//! alone)
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hint::black_box;
@@ -268,5 +269,44 @@ fn baselines(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine, per_rule, baselines);
+/// The state snapshot of the default pack with 200 000 users who each made one request
+/// (every key of every group tracked): writing it (the walk over the tables and the
+/// encoding, no file), and restoring it into a fresh engine. The size is printed.
+fn snapshot(c: &mut Criterion) {
+    let rules = default_pack();
+    let engine = Engine::new(1 << 30, 100_000);
+    engine.set_rules(rules.clone(), 1 << 30);
+    let people = users(200_000);
+    for (i, u) in people.iter().enumerate() {
+        let _ = engine.evaluate(&facts(u, "/account/orders", T0 + i as u64));
+    }
+    let now = T0 + people.len() as u64;
+    let bytes = engine.snapshot(now);
+    eprintln!(
+        "snapshot of {} tracked keys ({} bytes of state): {} bytes, {:.1} bytes a key",
+        engine.tracked_keys(),
+        engine.state_bytes(),
+        bytes.len(),
+        bytes.len() as f64 / engine.tracked_keys() as f64
+    );
+    let mut g = c.benchmark_group("rules/snapshot_200k_users");
+    g.sample_size(10);
+    g.bench_function("write", |b| {
+        b.iter(|| black_box(engine.snapshot(now).len()))
+    });
+    g.bench_function("restore", |b| {
+        b.iter_batched(
+            || {
+                let e = Engine::new(1 << 30, 100_000);
+                e.set_rules(rules.clone(), 1 << 30);
+                e
+            },
+            |e| black_box(e.restore(&bytes, now).map(|r| r.slots)),
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine, per_rule, baselines, snapshot);
 criterion_main!(benches);

@@ -312,6 +312,34 @@ pub struct Warden {
     extra: String,
     token_extra: String,
     upstream: SocketAddr,
+    grace_period: String,
+    shutdown_timeout: String,
+    upgrades: usize,
+    env: Vec<(String, String)>,
+}
+
+/// The old process of a graceful upgrade, draining: waited for (bounded) and killed if
+/// it lingers when dropped.
+pub struct Draining {
+    child: Child,
+    /// When it got SIGQUIT.
+    pub since: Instant,
+}
+
+impl Draining {
+    /// Waits up to `limit` for it to exit; its status.
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        wait_for(limit, || self.child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Warden {
@@ -336,11 +364,63 @@ impl Warden {
         )
     }
 
+    /// Starts warden for lifecycle tests: `rules` (TOML `[[rules]]`, may be empty) in a
+    /// rule file, `extra` TOML, and pingora's drain settings
+    /// (`server.grace_period`, `server.graceful_shutdown_timeout`).
+    pub fn start_lifecycle(
+        upstream: SocketAddr,
+        rules: &str,
+        extra: &str,
+        grace_period: &str,
+        shutdown_timeout: &str,
+    ) -> Self {
+        Self::start_lifecycle_env(upstream, rules, extra, grace_period, shutdown_timeout, &[])
+    }
+
+    /// [`Warden::start_lifecycle`] with environment variables for every process it starts.
+    pub fn start_lifecycle_env(
+        upstream: SocketAddr,
+        rules: &str,
+        extra: &str,
+        grace_period: &str,
+        shutdown_timeout: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra = if rules.is_empty() {
+            extra.to_owned()
+        } else {
+            std::fs::write(dir.path().join("rules.toml"), rules).expect("write rules");
+            format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}")
+        };
+        Self::start_full(
+            dir,
+            upstream,
+            &extra,
+            "",
+            grace_period,
+            shutdown_timeout,
+            env,
+        )
+    }
+
     fn start_in(
         dir: tempfile::TempDir,
         upstream: SocketAddr,
         extra: &str,
         token_extra: &str,
+    ) -> Self {
+        Self::start_full(dir, upstream, extra, token_extra, "0s", "2s", &[])
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        upstream: SocketAddr,
+        extra: &str,
+        token_extra: &str,
+        grace_period: &str,
+        shutdown_timeout: &str,
+        env: &[(&str, &str)],
     ) -> Self {
         let keys = dir.path().join("keys");
         std::fs::create_dir_all(&keys).expect("mkdir keys");
@@ -364,6 +444,13 @@ impl Warden {
             extra: extra.to_owned(),
             token_extra: token_extra.to_owned(),
             upstream,
+            grace_period: grace_period.to_owned(),
+            shutdown_timeout: shutdown_timeout.to_owned(),
+            upgrades: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         w.write_config(upstream, "");
         let mut w = w;
@@ -469,8 +556,8 @@ listen = ["{proxy}"]
 threads = 2
 upgrade_sock = "{d}/upgrade.sock"
 pid_file = "{d}/warden.pid"
-grace_period = "0s"
-graceful_shutdown_timeout = "2s"
+grace_period = "{grace_period}"
+graceful_shutdown_timeout = "{shutdown_timeout}"
 
 [admin]
 listen = "{admin}"
@@ -512,30 +599,87 @@ paths = ["/account/*"]
             admin = self.admin,
             extra = self.extra,
             token_extra = self.token_extra,
+            grace_period = self.grace_period,
+            shutdown_timeout = self.shutdown_timeout,
         );
         std::fs::write(self.config_path(), text).expect("write config");
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("warden is running")
+    }
+
+    /// Sends a signal (`TERM`, `QUIT`, ...) to the running process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Takes the running process out of the harness's hands (a test that stops it
+    /// itself); it is killed if still running when the returned value drops.
+    pub fn detach(&mut self) -> Draining {
+        Draining {
+            child: self.child.take().expect("warden is running"),
+            since: Instant::now(),
+        }
+    }
+
+    /// Stops warden gracefully (SIGTERM, waiting for it to exit) and starts it again on
+    /// the same directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A graceful upgrade: starts a new process with `--upgrade` (its log in
+    /// `warden-upgrade-<n>.log`), sends SIGQUIT to the running one once the new one
+    /// listens on the upgrade socket, and waits until the new one serves. Returns the
+    /// old process, draining.
+    pub fn upgrade(&mut self) -> Draining {
+        let old = self.child.take().expect("warden is running");
+        self.upgrades += 1;
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let log = format!("warden-upgrade-{}.log", self.upgrades);
+        self.child = Some(self.spawn_process(true, &log));
+        let listening = wait_for(Duration::from_secs(10), || sock.exists().then_some(()));
+        assert!(
+            listening.is_some(),
+            "the new process never listened on {}",
+            sock.display()
+        );
+        let ok = Command::new("kill")
+            .arg("-QUIT")
+            .arg(old.id().to_string())
+            .status()
+            .expect("kill -QUIT");
+        assert!(ok.success());
+        let since = Instant::now();
+        let path = self.dir.path().join(&log);
+        let serving = wait_for(Duration::from_secs(20), || {
+            std::fs::read_to_string(&path)
+                .ok()?
+                .contains("warden listening on")
+                .then_some(())
+        });
+        assert!(
+            serving.is_some(),
+            "the new process did not start; its log:\n{}",
+            std::fs::read_to_string(&path).unwrap_or_default()
+        );
+        Draining { child: old, since }
+    }
+
     fn spawn(&mut self) {
-        let events = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("events.jsonl"))
-            .expect("events file");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("warden.log"))
-            .expect("log file");
-        let child = Command::new(warden_bin())
-            .args(["run", "--config"])
-            .arg(self.config_path())
-            .env("RUST_LOG", "info")
-            .stdout(events)
-            .stderr(log)
-            .spawn()
-            .expect("spawn warden");
-        self.child = Some(child);
+        self.child = Some(self.spawn_process(false, "warden.log"));
         let admin = self.admin;
         let ready = wait_for(Duration::from_secs(20), || {
             let r = raw(
@@ -550,11 +694,54 @@ paths = ["/account/*"]
             "warden did not become ready; log:\n{}",
             self.log()
         );
+        // /ready is the admin service's; pingora starts the proxy's listener a moment
+        // later (services start one after the other): wait for it too.
+        let proxy = self.proxy;
+        let listening = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&proxy, Duration::from_secs(1)).ok()
+        });
+        assert!(
+            listening.is_some(),
+            "the proxy does not listen on {proxy}; log:\n{}",
+            self.log()
+        );
     }
 
-    /// warden's stderr so far.
+    fn spawn_process(&self, upgrade: bool, log: &str) -> Child {
+        let events = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("events.jsonl"))
+            .expect("events file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log))
+            .expect("log file");
+        let mut cmd = Command::new(warden_bin());
+        cmd.args(["run", "--config"]).arg(self.config_path());
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.env("RUST_LOG", "info")
+            .stdout(events)
+            .stderr(log)
+            .spawn()
+            .expect("spawn warden")
+    }
+
+    /// warden's stderr so far (every process started on this directory, in order).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("warden.log")).unwrap_or_default()
+        let mut all =
+            std::fs::read_to_string(self.dir.path().join("warden.log")).unwrap_or_default();
+        for n in 1..=self.upgrades {
+            let name = format!("warden-upgrade-{n}.log");
+            if let Ok(l) = std::fs::read_to_string(self.dir.path().join(&name)) {
+                all.push_str(&format!("--- {name}\n{l}"));
+            }
+        }
+        all
     }
 
     /// Events written so far.

@@ -151,10 +151,11 @@ struct Sections {
     rules: raw::Rules,
     events: raw::Events,
     limits: raw::Limits,
+    state: raw::State,
 }
 
 const SECTIONS: &str =
-    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules, events, limits";
+    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules, events, limits, state";
 
 struct Compiler<'a> {
     sink: Sink<'a>,
@@ -221,6 +222,7 @@ impl Compiler<'_> {
                 "routing" => self.sections.routing = self.de("routing", value),
                 "events" => self.sections.events = self.de("events", value),
                 "limits" => self.sections.limits = self.de("limits", value),
+                "state" => self.sections.state = self.de("state", value),
                 "rules" if value.get_ref().is_table() => self.sections.rules = self.de("rules", value),
                 "rules" => self.sink.error(
                     key.span(),
@@ -248,6 +250,7 @@ impl Compiler<'_> {
         let rules = self.rules();
         let events = self.events();
         let limits = self.limits();
+        let state = self.state(&ledger);
         Some(Config {
             source: path.to_owned(),
             server,
@@ -262,7 +265,73 @@ impl Compiler<'_> {
             rules,
             events,
             limits,
+            state,
         })
+    }
+
+    fn state(&mut self, ledger: &Ledger) -> State {
+        let s = std::mem::take(&mut self.sections.state);
+        let enabled = s.snapshot.as_ref().is_none_or(|b| *b.get_ref());
+        let store = match &ledger.backend {
+            Backend::Embedded { path } => path.clone(),
+        };
+        let snapshot_path = match &s.snapshot_path {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                self.sink.error(
+                    p.span(),
+                    "state.snapshot_path is empty; give a file, or set `snapshot = false`",
+                );
+                None
+            }
+            Some(p) => Some((self.path(p.get_ref()), p.span())),
+            None => Some((store.with_file_name("warden.state"), 0..0)),
+        };
+        let snapshot_path = snapshot_path.and_then(|(path, span)| {
+            if path.is_dir() {
+                self.sink.error(
+                    span,
+                    format!(
+                        "state.snapshot_path {} is a directory; expected a file",
+                        path.display()
+                    ),
+                );
+                return None;
+            }
+            if path == store || path == warden_ledger_journal(&store) {
+                self.sink.error(
+                    span,
+                    format!(
+                        "state.snapshot_path {} is the ledger's own file; use another name",
+                        path.display()
+                    ),
+                );
+                return None;
+            }
+            Some(path)
+        });
+        let snapshot_interval = self.duration(
+            "state.snapshot_interval",
+            &s.snapshot_interval,
+            Duration::from_secs(60),
+        );
+        if let Some(v) = &s.snapshot_interval {
+            if !snapshot_interval.is_zero()
+                && (snapshot_interval < Duration::from_secs(1)
+                    || snapshot_interval > Duration::from_secs(86_400))
+            {
+                self.sink.error(
+                    v.span(),
+                    format!(
+                        "state.snapshot_interval = {:?} is out of range; expected 0s (only at stop and upgrade) or 1s to 24h",
+                        v.get_ref()
+                    ),
+                );
+            }
+        }
+        State {
+            snapshot_path: if enabled { snapshot_path } else { None },
+            snapshot_interval,
+        }
     }
 
     fn limits(&mut self) -> Limits {
@@ -1070,3 +1139,11 @@ fn trim_ascii_end(mut v: Vec<u8>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+
+/// The embedded ledger's hand-off journal beside its store (the name
+/// `warden-ledger-redb` gives it; the configuration keeps other files off it).
+fn warden_ledger_journal(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_owned();
+    name.push(".handoff.jsonl");
+    store.with_file_name(name)
+}

@@ -38,6 +38,21 @@ pub struct Config {
     pub events: EventSettings,
     /// What a client may send, and how slowly.
     pub limits: Limits,
+    /// Where the rule engine's state is kept across restarts and upgrades.
+    pub state: State,
+}
+
+/// The rule engine's snapshot (`[state]`): counters, distinct sets and bans, written on
+/// SIGTERM, on SIGQUIT (graceful upgrade) and every `snapshot_interval`, restored at
+/// start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// The snapshot file; `None` when `snapshot = false`. Default: `warden.state` beside
+    /// the ledger store.
+    pub snapshot_path: Option<PathBuf>,
+    /// How often to write it while running besides at stop and upgrade (a crash then
+    /// loses at most this much); zero: only at stop and upgrade. Default 60 s.
+    pub snapshot_interval: Duration,
 }
 
 /// Limits on client requests (`[limits]`). pingora's own hard limits stay below them:

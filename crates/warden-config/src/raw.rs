@@ -21,6 +21,14 @@ pub struct Server {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct State {
+    pub snapshot: Option<S<bool>>,
+    pub snapshot_path: Option<S<String>>,
+    pub snapshot_interval: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     pub header_timeout: Option<S<String>>,
     pub body_timeout: Option<S<String>>,

@@ -434,6 +434,48 @@ fn limits_have_defaults_and_out_of_range_values_are_reported_in_place() {
 }
 
 #[test]
+fn state_snapshot_defaults_beside_the_ledger_and_is_checked() {
+    let c = ok(&format!("{MIN}[ledger]\npath = \"data/ledger.redb\"\n")).config;
+    assert_eq!(
+        c.state.snapshot_path.as_deref(),
+        Some(Path::new("data/warden.state"))
+    );
+    assert_eq!(c.state.snapshot_interval, Duration::from_secs(60));
+    let c = ok(&format!(
+        "{MIN}[state]\nsnapshot_path = \"s/engine.snap\"\nsnapshot_interval = \"0s\"\n"
+    ))
+    .config;
+    assert_eq!(
+        c.state.snapshot_path.as_deref(),
+        Some(Path::new("s/engine.snap"))
+    );
+    assert!(c.state.snapshot_interval.is_zero());
+    let c = ok(&format!("{MIN}[state]\nsnapshot = false\n")).config;
+    assert_eq!(c.state.snapshot_path, None);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = errs(&format!(
+        "{MIN}[state]\nsnapshot_path = \"{}\"\nsnapshot_interval = \"100ms\"\n",
+        dir.path().display()
+    ));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("w.toml:4:17: error:") && e[0].contains("is a directory"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("w.toml:5:21: error:") && e[1].contains("1s to 24h"),
+        "{e:?}"
+    );
+    let e = errs(&format!(
+        "{MIN}[ledger]\npath = \"l.redb\"\n[state]\nsnapshot_path = \"l.redb.handoff.jsonl\"\n"
+    ));
+    assert!(e[0].contains("the ledger's own file"), "{e:?}");
+    let e = errs(&format!("{MIN}[state]\nsnapshot_pth = \"x\"\n"));
+    assert!(e[0].contains("unknown field `snapshot_pth`"), "{e:?}");
+}
+
+#[test]
 fn work_stealing_is_off_unless_asked_for_and_must_be_a_boolean() {
     assert!(!ok(MIN).config.server.work_stealing);
     let on = format!("[server]\nwork_stealing = true\n{MIN}");

@@ -260,6 +260,16 @@ pub trait Ledger: Send + Sync + 'static {
     async fn sweep(&self, _now: u64, _grace_seconds: u64) -> Result<u64, LedgerError> {
         Ok(0)
     }
+
+    /// Graceful upgrade, in the old process: releases whatever the new process needs to
+    /// open the backend (a file lock), after making every acknowledged write durable.
+    /// Afterwards lookups keep working from memory, and writes are either passed on to
+    /// the new process durably or refused with an error, never dropped. Blocking (it may
+    /// wait for queued writes). The default does nothing: a shared store needs no
+    /// hand-over.
+    fn hand_over(&self) -> Result<(), LedgerError> {
+        Ok(())
+    }
 }
 
 /// Converts unix seconds to the compact form, saturating.

@@ -26,6 +26,7 @@ use std::hash::BuildHasherDefault;
 
 use hyperloglockless::HyperLogLog;
 
+use crate::snapshot::{Reader, SnapshotError, Writer};
 use crate::window::{epoch, fraction};
 
 /// Values kept inside the entry.
@@ -218,6 +219,110 @@ impl DistinctSet {
     pub fn is_large(&self) -> bool {
         matches!(self.repr, Repr::Large(_))
     }
+}
+
+// === snapshots ===
+// tag u8 (0 inline, 1 small, 2 large) | last_seen_s u32 |
+//   inline, small: count (u8, u32) | count x (fingerprint u32, second u32)
+//   large: epoch u32 | 2 x 2^HLL_PRECISION register bytes (previous, current)
+
+const TAG_INLINE: u8 = 0;
+const TAG_SMALL: u8 = 1;
+const TAG_LARGE: u8 = 2;
+/// Highest register value a 64-bit hash can produce (1 + 64 trailing zeros).
+const MAX_REGISTER: u8 = 65;
+
+impl DistinctSet {
+    /// Appends the set's snapshot form.
+    pub(crate) fn write_to(&self, w: &mut Writer) {
+        match &self.repr {
+            Repr::Inline { len, items } => {
+                w.u8(TAG_INLINE);
+                w.u32(self.last_seen_s);
+                w.u8(*len);
+                for (f, t) in &items[..usize::from(*len)] {
+                    w.u32(*f);
+                    w.u32(*t);
+                }
+            }
+            Repr::Small(v) => {
+                w.u8(TAG_SMALL);
+                w.u32(self.last_seen_s);
+                w.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+                for (f, t) in v {
+                    w.u32(*f);
+                    w.u32(*t);
+                }
+            }
+            Repr::Large(l) => {
+                w.u8(TAG_LARGE);
+                w.u32(self.last_seen_s);
+                w.u32(l.epoch);
+                for hll in [&l.prev, &l.curr] {
+                    w.bytes(&hll.iter().collect::<Vec<u8>>());
+                }
+            }
+        }
+    }
+
+    /// Reads a set written by [`DistinctSet::write_to`], checking every length and
+    /// register before it allocates or builds anything.
+    pub(crate) fn read_from(r: &mut Reader<'_>) -> Result<Self, SnapshotError> {
+        let tag = r.u8()?;
+        let last_seen_s = r.u32()?;
+        let repr = match tag {
+            TAG_INLINE => {
+                let len = r.u8()?;
+                if usize::from(len) > INLINE {
+                    return Err(r.bad(format!("inline set of {len} values, at most {INLINE}")));
+                }
+                let mut items = [(0, 0); INLINE];
+                for it in items.iter_mut().take(usize::from(len)) {
+                    *it = (r.u32()?, r.u32()?);
+                }
+                Repr::Inline { len, items }
+            }
+            TAG_SMALL => {
+                let len = r.u32()? as usize;
+                if len > SMALL_MAX || len <= INLINE {
+                    return Err(r.bad(format!(
+                        "small set of {len} values, expected {} to {SMALL_MAX}",
+                        INLINE + 1
+                    )));
+                }
+                let mut v = Vec::with_capacity(len);
+                for _ in 0..len {
+                    v.push((r.u32()?, r.u32()?));
+                }
+                Repr::Small(v)
+            }
+            TAG_LARGE => {
+                let epoch = r.u32()?;
+                let prev = read_hll(r)?;
+                let curr = read_hll(r)?;
+                Repr::Large(Box::new(Large { epoch, prev, curr }))
+            }
+            other => return Err(r.bad(format!("unknown distinct-set kind {other}"))),
+        };
+        Ok(Self { last_seen_s, repr })
+    }
+}
+
+fn read_hll(r: &mut Reader<'_>) -> Result<Hll, SnapshotError> {
+    let regs = r.bytes(1usize << HLL_PRECISION)?;
+    if let Some(bad) = regs.iter().find(|x| **x > MAX_REGISTER) {
+        return Err(r.bad(format!("HyperLogLog register {bad} is over {MAX_REGISTER}")));
+    }
+    // The sketch's running sum and zero count are derived, not stored: recomputed here
+    // they cannot disagree with the registers.
+    let zeros = regs.iter().filter(|x| **x == 0).count();
+    let sum: f64 = regs.iter().map(|x| (-f64::from(*x)).exp2()).sum();
+    Ok(HyperLogLog::from_parts(
+        regs.into(),
+        BuildHasherDefault::default(),
+        zeros,
+        sum,
+    ))
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ use warden_rules::{Action, Condition, Field, Measure, Mode, RouteClass, Rule};
 use crate::state::{GroupMap, Slot, MAX_SLOTS};
 use crate::window::SlidingCount;
 
+mod persist;
+pub use persist::Restored;
+
 /// Looks up a named request attribute (a header, a claim).
 pub trait Lookup {
     /// The value, if present.
@@ -290,7 +293,10 @@ pub struct Engine {
     /// when there are some.
     ban_count: AtomicUsize,
     manual_bans: AtomicUsize,
-    key: (u64, u64),
+    /// The SipHash key of every key digest and distinct fingerprint; a restored snapshot
+    /// brings its own (its digests were made with it), so it can change, once, before
+    /// serving.
+    key: [AtomicU64; 2],
     max_state_bytes: AtomicUsize,
     max_bans: usize,
     last_idle_sweep_ms: AtomicU64,
@@ -335,10 +341,10 @@ impl Engine {
             bans: DashMap::new(),
             ban_count: AtomicUsize::new(0),
             manual_bans: AtomicUsize::new(0),
-            key: (
-                u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8])),
-                u64::from_le_bytes(seed[8..].try_into().unwrap_or([0; 8])),
-            ),
+            key: [
+                AtomicU64::new(u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8]))),
+                AtomicU64::new(u64::from_le_bytes(seed[8..].try_into().unwrap_or([0; 8]))),
+            ],
             max_state_bytes: AtomicUsize::new(max_state_bytes),
             max_bans,
             last_idle_sweep_ms: AtomicU64::new(0),
@@ -466,7 +472,10 @@ impl Engine {
     }
 
     fn hasher(&self) -> SipHasher13 {
-        SipHasher13::new_with_keys(self.key.0, self.key.1)
+        SipHasher13::new_with_keys(
+            self.key[0].load(Ordering::Relaxed),
+            self.key[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Evaluates a request: counts it in every matching rule and decides.

@@ -43,15 +43,19 @@
 
 pub mod distinct;
 mod engine;
+pub mod snapshot;
 mod state;
 mod table;
 pub mod window;
 
 pub use engine::{
-    describe_key, Ban, BanScope, Decision, Engine, Facts, Hit, Lookup, Nothing, Offender, RuleInfo,
-    SweepReport, TopOffenders, Verdict, MANUAL, TOP_K,
+    describe_key, Ban, BanScope, Decision, Engine, Facts, Hit, Lookup, Nothing, Offender, Restored,
+    RuleInfo, SweepReport, TopOffenders, Verdict, MANUAL, TOP_K,
 };
+pub use snapshot::SnapshotError;
 pub use state::{MAX_SLOTS, SLOT_BYTES};
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

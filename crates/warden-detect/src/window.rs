@@ -62,6 +62,18 @@ impl SlidingCount {
         w - now_ms % w
     }
 
+    /// The raw fields (window index, previous and current bucket), for snapshots.
+    #[must_use]
+    pub(crate) fn parts(&self) -> (u32, u32, u32) {
+        (self.epoch, self.prev, self.curr)
+    }
+
+    /// A counter from its raw fields (see [`SlidingCount::parts`]); any values are valid.
+    #[must_use]
+    pub(crate) fn from_parts(epoch: u32, prev: u32, curr: u32) -> Self {
+        Self { epoch, prev, curr }
+    }
+
     /// Whether nothing is left in the window ending at `now_ms` (the entry can go).
     #[must_use]
     pub fn is_idle(&self, now_ms: u64, window_ms: u64) -> bool {

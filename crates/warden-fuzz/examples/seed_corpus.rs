@@ -21,6 +21,54 @@ fn main() {
     let corpus = root.join("fuzz/corpus");
     let b64 = |s: &str| URL_SAFE_NO_PAD.encode(s);
 
+    // snapshot: bodies (the target frames them) of engines with the target's rules.
+    {
+        use warden_detect::{Facts, Nothing};
+        let dir = corpus.join("snapshot");
+        let now = warden_fuzz::NOW_MS;
+        let body =
+            |e: &warden_detect::Engine| e.snapshot(now)[warden_detect::snapshot::HEADER..].to_vec();
+        let eval = |e: &warden_detect::Engine, ip: &str, account: &str, at: u64| {
+            let _ = e.evaluate(&Facts {
+                now_ms: at,
+                class: warden_rules::RouteClass::Protected,
+                route: None,
+                method: "GET",
+                path: "/account/x",
+                ip: ip.parse().expect("ip"),
+                account: Some(account),
+                token: None,
+                headers: &Nothing,
+                claims: &Nothing,
+            });
+        };
+        let e = warden_fuzz::snapshot_engine();
+        write(&dir, "empty", &body(&e));
+        // Every slot kind: counters, inline, small and large distinct sets.
+        for i in 0..3 {
+            eval(&e, "192.0.2.1", &format!("a{i}"), now - 1000 + i);
+        }
+        for i in 0..70 {
+            eval(&e, "192.0.2.2", &format!("b{i}"), now - 900 + i);
+        }
+        for i in 0..10 {
+            eval(&e, &format!("198.51.100.{i}"), "roamer", now - 500 + i);
+        }
+        write(&dir, "busy", &body(&e));
+        let e = warden_fuzz::snapshot_engine();
+        for i in 0..7 {
+            eval(&e, "203.0.113.9", &format!("c{i}"), now - 100 + i);
+        }
+        e.ban_manual(
+            &warden_rules::Field::Account,
+            "mallory",
+            now - 10,
+            now + 3_600_000,
+        )
+        .expect("manual ban");
+        write(&dir, "bans", &body(&e));
+    }
+
     // token
     let dir = corpus.join("token");
     let claims = |jti: &str| json!({"sub": "alice", "jti": jti, "iat": NOW - 10, "exp": NOW + 600});

@@ -8,6 +8,7 @@
 //! | [`rules`] | a rule file | the same |
 //! | [`ingest_line`] | one line of a ledger JSON-lines import (`warden ledger import`, the admin batch endpoint's objects) | never panics; an accepted record is valid |
 //! | [`log_line`] | one access-log line as `warden replay` reads it, as JSON lines and as the combined format | never panics; a line accepted once is read the same way again; the JSON scanner reads every line as serde_json alone does (same request or same error) |
+//! | [`snapshot`] | the body of a rule-engine state snapshot (framed here with a valid checksum), and the bytes as a whole file | restoring never panics; a state restored is written and restored again the same; sweeping and evicting restored state never panics |
 //!
 //! Two ways to run them:
 //! * `cargo test -p warden-fuzz` (stable, what CI runs): every file of `fuzz/corpus/<target>`
@@ -182,6 +183,85 @@ pub fn log_line(data: &[u8]) {
     }
 }
 
+/// The rules of the [`snapshot`] target's engine (its corpus was written by an engine
+/// with these rules, so that restored slots find their rule).
+#[must_use]
+pub fn snapshot_rules() -> Vec<warden_rules::Rule> {
+    use std::time::Duration;
+    use warden_rules::{Action, Field, Match, Measure, Mode, Rule};
+    let rule = |name: &str, key: Field, measure: Measure, threshold: u64, action: Action| Rule {
+        name: name.into(),
+        description: String::new(),
+        matcher: Match::default(),
+        key: vec![key],
+        measure,
+        window: Duration::from_secs(600),
+        threshold,
+        action,
+        mode: Mode::Enforce,
+        priority: 0,
+    };
+    vec![
+        rule("count-ip", Field::Ip, Measure::Count, 50, Action::Block),
+        rule(
+            "accounts-per-ip",
+            Field::Ip,
+            Measure::Distinct(Field::Account),
+            5,
+            Action::Ban(Duration::from_secs(600)),
+        ),
+        rule(
+            "ips-per-account",
+            Field::Account,
+            Measure::Distinct(Field::Ip),
+            100,
+            Action::Log,
+        ),
+    ]
+}
+
+/// An engine with [`snapshot_rules`] and a small state cap (so that a sweep evicts).
+#[must_use]
+pub fn snapshot_engine() -> warden_detect::Engine {
+    let e = warden_detect::Engine::new(256 << 10, 1000);
+    e.set_rules(snapshot_rules(), 256 << 10);
+    e
+}
+
+/// The time of the [`snapshot`] target, unix milliseconds.
+pub const NOW_MS: u64 = NOW * 1000;
+
+/// A rule-engine state snapshot, as restored at start. `data` is tried as a whole file
+/// (header checks), then as a body framed with a valid header and checksum (so that
+/// mutations reach the parser).
+pub fn snapshot(data: &[u8]) {
+    let _ = snapshot_engine().restore(data, NOW_MS);
+    let a = snapshot_engine();
+    if a.restore(&warden_detect::snapshot::frame(data), NOW_MS)
+        .is_err()
+    {
+        return;
+    }
+    let b = snapshot_engine();
+    if let Err(e) = b.restore(&a.snapshot(NOW_MS), NOW_MS) {
+        panic!("a restored state does not restore again: {e}");
+    }
+    assert_eq!(
+        a.tracked_keys(),
+        b.tracked_keys(),
+        "keys differ after a round trip"
+    );
+    assert_eq!(
+        a.bans(NOW_MS).len(),
+        b.bans(NOW_MS).len(),
+        "bans differ after a round trip"
+    );
+    // Restored slots are estimated, aged and evicted like any.
+    let _ = a.sweep(NOW_MS + 1);
+    let _ = a.sweep(NOW_MS + 3_600_000);
+    let _ = a.rules_info(NOW_MS);
+}
+
 /// Absolute paths to device files would make the configuration target read forever
 /// (`pem_file = "/dev/zero"`): operator input, outside what the target checks.
 fn mentions_special_files(src: &str) -> bool {
@@ -192,10 +272,11 @@ fn mentions_special_files(src: &str) -> bool {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target, by corpus directory name.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     ("token", token),
     ("config", config),
     ("rules", rules),
     ("ingest_line", ingest_line),
     ("log_line", log_line),
+    ("snapshot", snapshot),
 ];

@@ -109,3 +109,23 @@ fn the_token_corpus_reaches_verification() {
 fn log_line() {
     fuzz("log_line");
 }
+
+#[test]
+fn snapshot() {
+    fuzz("snapshot");
+}
+
+#[test]
+fn the_snapshot_corpus_restores_state() {
+    // Seeds that restore make mutations explore the slot and set decoders, not only the
+    // header; regenerate the corpus if this fails (the format or the rules changed).
+    let dir = corpus_dir("snapshot");
+    for seed in ["busy", "bans"] {
+        let body = std::fs::read(dir.join(seed)).expect("seed");
+        let e = warden_fuzz::snapshot_engine();
+        let r = e
+            .restore(&warden_detect::snapshot::frame(&body), warden_fuzz::NOW_MS)
+            .unwrap_or_else(|err| panic!("{seed}: {err}"));
+        assert!(r.slots > 0 || r.bans > 0, "{seed} restores nothing: {r:?}");
+    }
+}

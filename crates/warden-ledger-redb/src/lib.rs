@@ -12,14 +12,34 @@
 //! * redb detects a file that was not closed cleanly and repairs it on open; a file
 //!   that is corrupt or truncated fails [`EmbeddedLedger::open`] with an error naming
 //!   the path (see `docs/operations.md` for recovery).
+//! * **Graceful upgrade.** redb locks its file, so a new process cannot open the store
+//!   while the old one holds it. [`Ledger::hand_over`] (the old process, on SIGQUIT)
+//!   drains the write queue (every acknowledged record is already committed with
+//!   fsync), closes the store and releases the lock; from then on the old process
+//!   answers lookups from its index, and records it still receives during its drain go
+//!   to a **hand-off journal** beside the store (`<store>.handoff.jsonl`, one JSON
+//!   record a line, fsync'd before the record is acknowledged, the format
+//!   `warden ledger import` reads). The new process opens the store with
+//!   [`EmbeddedLedger::open_waiting`] (retrying while the old one still holds it),
+//!   imports the journal, and keeps importing what the old process appends until that
+//!   process exits (it holds an exclusive `flock` on the journal while it lives), then
+//!   deletes the journal. A journal left by a crash is imported at the next start.
+//!   The other way round, while the old process lives, the new one mirrors every
+//!   record and revocation it commits to `<store>.handback.jsonl`, which the old one
+//!   follows into its index: a token issued through the new process and used at once
+//!   through the old one (both accept connections for pingora's 5 s) is known there
+//!   too, and a revocation made through the new one applies in both.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::io::{BufRead as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_channel::oneshot;
@@ -58,6 +78,22 @@ pub enum OpenError {
         id: String,
         /// What is wrong.
         detail: &'static str,
+    },
+    /// Another process (the old warden of a graceful upgrade) kept the store locked.
+    #[error("ledger store {path} is still held by another process after {waited:?}; during a graceful upgrade the old warden releases it when it gets SIGQUIT (check that it did and that its log shows no hand-over error)")]
+    Busy {
+        /// The file.
+        path: PathBuf,
+        /// How long this process waited.
+        waited: Duration,
+    },
+    /// The hand-off journal could not be read or imported.
+    #[error("ledger hand-off journal {path}: {detail}")]
+    Journal {
+        /// The journal.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
     },
     /// The writer thread could not be started.
     #[error("ledger store {path}: cannot start writer thread: {source}")]
@@ -98,17 +134,91 @@ enum Op {
 /// Bytes of page cache redb may keep for the store.
 pub const STORE_CACHE_BYTES: usize = 32 << 20;
 
+/// The open store: the database and its writer thread.
+struct Store {
+    db: Arc<Database>,
+    tx: SyncSender<Op>,
+    writer: JoinHandle<()>,
+}
+
 /// The embedded ledger backend.
 pub struct EmbeddedLedger {
     index: Arc<MemIndex>,
-    db: Arc<Database>,
-    tx: SyncSender<Op>,
-    writer: Option<JoinHandle<()>>,
+    path: PathBuf,
+    /// `None` once handed over to a new process.
+    store: RwLock<Option<Store>>,
+    /// The hand-off journal this process appends to, once it has handed over.
+    journal: Mutex<Option<std::fs::File>>,
+    /// The thread importing an old process's journal, and its stop flag.
+    tail: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// After the hand-over: the thread applying the new process's mirror to the index.
+    mirror: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
 }
 
+/// The new process's mirror of its commits for a draining old process:
+/// `<store>.handback.jsonl`.
+#[must_use]
+pub fn handback_path(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_owned();
+    name.push(".handback.jsonl");
+    store.with_file_name(name)
+}
+
+/// The hand-off journal of a store: `<store>.handoff.jsonl`.
+#[must_use]
+pub fn journal_path(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_owned();
+    name.push(".handoff.jsonl");
+    store.with_file_name(name)
+}
+
+/// How often the new process looks for records the old one appended to the journal.
+pub const JOURNAL_POLL: Duration = Duration::from_millis(50);
+
 impl EmbeddedLedger {
+    /// Like [`EmbeddedLedger::open`], but while another process holds the store (the old
+    /// warden of a graceful upgrade, which releases it on SIGQUIT) retries every 50 ms for
+    /// up to `wait`, then fails with [`OpenError::Busy`].
+    pub fn open_waiting(path: &Path, queue: usize, wait: Duration) -> Result<Self, OpenError> {
+        let start = Instant::now();
+        let mut said = false;
+        loop {
+            match Self::open(path, queue) {
+                Err(OpenError::Database { source, .. })
+                    if matches!(*source, redb::Error::DatabaseAlreadyOpen) =>
+                {
+                    if start.elapsed() >= wait {
+                        return Err(OpenError::Busy {
+                            path: path.to_owned(),
+                            waited: start.elapsed(),
+                        });
+                    }
+                    if !said {
+                        log::info!(
+                            "ledger store {} is held by another process; waiting up to {wait:?} for it to hand over",
+                            path.display()
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => {
+                    if said {
+                        log::info!(
+                            "ledger store {} taken over after {:?}",
+                            path.display(),
+                            start.elapsed()
+                        );
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
     /// Opens (or creates) the store at `path` and loads it into memory. `queue` bounds the
-    /// number of write requests waiting for the writer.
+    /// number of write requests waiting for the writer. A hand-off journal beside it is
+    /// imported (and followed while the process that writes it lives).
     pub fn open(path: &Path, queue: usize) -> Result<Self, OpenError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
@@ -135,24 +245,128 @@ impl EmbeddedLedger {
         let index = Arc::new(MemIndex::new());
         load(&db, &index, path)?;
         let db = Arc::new(db);
+        // Records an old process took while it drained, before this one starts.
+        let journal = journal_path(path);
+        let mut reading = Journal::new(&journal);
+        let follow = match reading.step(&db, &index) {
+            Ok(done) => !done,
+            Err(detail) => {
+                return Err(OpenError::Journal {
+                    path: journal,
+                    detail,
+                })
+            }
+        };
+        // An old process still drains: mirror this process's commits for it.
+        let handback = Arc::new(Mutex::new(None));
+        if follow {
+            let hb = handback_path(path);
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&hb)
+                .map_err(|e| OpenError::Journal {
+                    path: hb.clone(),
+                    detail: e.to_string(),
+                })?;
+            *handback
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(f);
+        }
         let (tx, rx) = sync_channel(queue.max(1));
         let writer = {
             let db = Arc::clone(&db);
             let index = Arc::clone(&index);
+            let handback = Arc::clone(&handback);
             std::thread::Builder::new()
                 .name("warden-ledger-writer".into())
-                .spawn(move || writer_loop(&db, &index, &rx))
+                .spawn(move || writer_loop(&db, &index, &rx, &handback))
                 .map_err(|source| OpenError::Thread {
                     path: path.to_owned(),
                     source,
                 })?
         };
+        let tail = if follow {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (db, index, flag) = (Arc::clone(&db), Arc::clone(&index), Arc::clone(&stop));
+            let (handback, hb) = (Arc::clone(&handback), handback_path(path));
+            let handle = std::thread::Builder::new()
+                .name("warden-ledger-journal".into())
+                .spawn(move || {
+                    follow_journal(reading, &db, &index, &flag);
+                    // The old process is gone (or this ledger closes): no more mirror.
+                    let f = handback
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take();
+                    if f.is_some() {
+                        let _ = std::fs::remove_file(&hb);
+                    }
+                })
+                .map_err(|source| OpenError::Thread {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            Some((stop, handle))
+        } else {
+            None
+        };
         Ok(Self {
             index,
-            db,
-            tx,
-            writer: Some(writer),
+            path: path.to_owned(),
+            store: RwLock::new(Some(Store { db, tx, writer })),
+            journal: Mutex::new(None),
+            tail: Mutex::new(tail),
+            mirror: Mutex::new(None),
         })
+    }
+
+    /// The open store's write channel, or `None` once handed over.
+    fn sender(&self) -> Option<SyncSender<Op>> {
+        let g = self
+            .store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.as_ref().map(|s| s.tx.clone())
+    }
+
+    /// Appends records to the hand-off journal (after the hand-over), fsync'd, then
+    /// makes them visible to lookups.
+    fn journal_records(&self, records: &[Record]) -> Result<(), LedgerError> {
+        let mut g = self
+            .journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(f) = g.as_mut() else {
+            return Err(LedgerError::Unavailable(
+                "the ledger store is closed and no hand-off journal is open".into(),
+            ));
+        };
+        let mut lines = String::new();
+        for r in records {
+            lines.push_str(&journal_line(r));
+            lines.push('\n');
+        }
+        let path = journal_path(&self.path);
+        f.write_all(lines.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(|e| {
+                LedgerError::Storage(format!("hand-off journal {}: {e}", path.display()))
+            })?;
+        for r in records {
+            self.index.insert(r);
+        }
+        Ok(())
+    }
+
+    /// Whether this process has handed its store over.
+    #[must_use]
+    pub fn handed_over(&self) -> bool {
+        self.store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none()
     }
 
     /// The in-memory index (for tests and the memory benchmark).
@@ -161,33 +375,69 @@ impl EmbeddedLedger {
         &self.index
     }
 
-    async fn submit(&self, make: impl FnOnce(Ack) -> Op) -> Result<u64, LedgerError> {
-        let (ack, done) = oneshot::channel();
-        match self.tx.try_send(make(ack)) {
+    /// Sends an op to the writer. `Err(op)` when the store has been handed over (the
+    /// caller decides what that op becomes).
+    async fn submit(&self, op: Op, done: Done) -> Result<Result<u64, LedgerError>, Op> {
+        let Some(tx) = self.sender() else {
+            return Err(op);
+        };
+        let sent = tx.try_send(op);
+        // No sender may outlive the hand-over: the writer ends when the last one drops.
+        drop(tx);
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(LedgerError::Unavailable(
+                return Ok(Err(LedgerError::Unavailable(
                     "ledger write queue is full".into(),
-                ))
+                )))
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(LedgerError::Unavailable("ledger writer has stopped".into()))
+            Err(TrySendError::Disconnected(op)) => return Err(op),
+        }
+        Ok(done.await.unwrap_or_else(|_| {
+            Err(LedgerError::Unavailable(
+                "ledger writer dropped the request".into(),
+            ))
+        }))
+    }
+
+    fn close(&self) {
+        for thread in [&self.tail, &self.mirror] {
+            let t = thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some((stop, handle)) = t {
+                stop.store(true, Ordering::Relaxed);
+                let _ = handle.join();
             }
         }
-        done.await
-            .map_err(|_| LedgerError::Unavailable("ledger writer dropped the request".into()))?
+        let store = self
+            .store
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(Store { db, tx, writer }) = store {
+            // Closing the channel ends the writer after it commits what is queued.
+            drop(tx);
+            let _ = writer.join();
+            drop(db);
+        }
     }
 }
 
+type Done = oneshot::Receiver<Result<u64, LedgerError>>;
+
 impl Drop for EmbeddedLedger {
     fn drop(&mut self) {
-        // Closing the channel ends the writer after it drains what is queued.
-        let (tx, _) = sync_channel(1);
-        drop(std::mem::replace(&mut self.tx, tx));
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
+        self.close();
     }
+}
+
+/// The refusal of a write the old process cannot take after handing over.
+fn handed_over_error(what: &str) -> LedgerError {
+    LedgerError::Unavailable(format!(
+        "this warden has handed its ledger to a new process (graceful upgrade) and cannot {what}; send it to the new process"
+    ))
 }
 
 #[async_trait]
@@ -211,18 +461,34 @@ impl Ledger for EmbeddedLedger {
         if records.is_empty() {
             return Ok(());
         }
-        self.submit(|ack| Op::Record(records, ack))
-            .await
-            .map(|_| ())
+        let (ack, done) = oneshot::channel();
+        match self.submit(Op::Record(records, ack), done).await {
+            Ok(r) => r.map(|_| ()),
+            // Handed over: the journal takes it, durably, for the new process.
+            Err(Op::Record(records, _)) => self.journal_records(&records),
+            Err(_) => Err(handed_over_error("record")),
+        }
     }
 
     async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError> {
-        self.submit(|ack| Op::Revoke(revocation, ack)).await
+        let (ack, done) = oneshot::channel();
+        self.submit(Op::Revoke(revocation, ack), done)
+            .await
+            .unwrap_or_else(|_| Err(handed_over_error("revoke")))
     }
 
     async fn get(&self, id: &TokenId) -> Result<Option<RecordView>, LedgerError> {
         let storage = |e: redb::Error| LedgerError::Storage(e.to_string());
-        let r = self.db.begin_read().map_err(|e| storage(e.into()))?;
+        let db = self
+            .store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|s| Arc::clone(&s.db));
+        let Some(db) = db else {
+            return Err(handed_over_error("read records"));
+        };
+        let r = db.begin_read().map_err(|e| storage(e.into()))?;
         let t = r.open_table(TOKENS).map_err(|e| storage(e.into()))?;
         let Some(v) = t.get(id.0).map_err(|e| storage(e.into()))? else {
             return Ok(None);
@@ -243,7 +509,350 @@ impl Ledger for EmbeddedLedger {
         if ids.is_empty() {
             return Ok(0);
         }
-        self.submit(|ack| Op::Delete(ids, ack)).await
+        let (ack, done) = oneshot::channel();
+        // After the hand-over the new process sweeps.
+        self.submit(Op::Delete(ids, ack), done)
+            .await
+            .unwrap_or(Ok(0))
+    }
+
+    fn hand_over(&self) -> Result<(), LedgerError> {
+        let path = journal_path(&self.path);
+        let io = |e: std::io::Error| {
+            LedgerError::Storage(format!("hand-off journal {}: {e}", path.display()))
+        };
+        {
+            let mut g = self
+                .journal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if g.is_some() {
+                return Ok(());
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io)?;
+            // Held until this process exits: the new process deletes the journal only
+            // once it can take this lock, after importing everything in it.
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io(std::io::Error::other(
+                        "locked by a process still draining from an earlier upgrade; try again when it has exited",
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+            // The directory entry must be durable before a record is acknowledged in it.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
+            *g = Some(f);
+        }
+        // A mirror left from an earlier upgrade must not be read as the new one's: the
+        // new process creates its mirror only after it gets the store, below.
+        let hb = handback_path(&self.path);
+        match std::fs::remove_file(&hb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        self.close();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (index, flag) = (Arc::clone(&self.index), Arc::clone(&stop));
+        match std::thread::Builder::new()
+            .name("warden-ledger-mirror".into())
+            .spawn(move || follow_mirror(&hb, &index, &flag))
+        {
+            Ok(h) => {
+                *self
+                    .mirror
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stop, h));
+            }
+            Err(e) => log::error!(
+                "cannot follow the new process's records ({e}); tokens it issues are unknown here until this process exits"
+            ),
+        }
+        log::info!(
+            "ledger store {} handed over; records taken from now on go to {}",
+            self.path.display(),
+            path.display()
+        );
+        Ok(())
+    }
+}
+
+// === hand-off journal ===
+
+/// Appends a committed batch to the mirror a draining old process follows (no fsync:
+/// the store has the data; the mirror only feeds the old process's memory).
+fn mirror_batch(handback: &Mutex<Option<std::fs::File>>, batch: &[Op]) {
+    let mut g = handback
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(f) = g.as_mut() else { return };
+    let mut lines = String::new();
+    for op in batch {
+        match op {
+            Op::Record(records, _) => {
+                for r in records {
+                    lines.push_str(&journal_line(r));
+                    lines.push('\n');
+                }
+            }
+            Op::Revoke(rev, _) => {
+                let v = match rev {
+                    Revocation::Token(id) => {
+                        serde_json::json!({"revoke": "token", "token_id": id.to_hex()})
+                    }
+                    Revocation::Account { account, at } => {
+                        serde_json::json!({"revoke": "account", "account": account, "at": at})
+                    }
+                    Revocation::Kid(kid) => serde_json::json!({"revoke": "kid", "kid": kid}),
+                };
+                lines.push_str(&v.to_string());
+                lines.push('\n');
+            }
+            Op::Delete(..) => {}
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    if let Err(e) = f.write_all(lines.as_bytes()) {
+        log::warn!("ledger mirror for the draining old process: {e}; it stops here");
+        *g = None;
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(tag = "revoke", rename_all = "lowercase", deny_unknown_fields)]
+enum MirrorRevocation {
+    Token { token_id: String },
+    Account { account: String, at: u64 },
+    Kid { kid: String },
+}
+
+fn apply_mirror_line(line: &str, index: &MemIndex) -> Result<(), String> {
+    if line.contains("\"revoke\"") {
+        let rev = match serde_json::from_str::<MirrorRevocation>(line).map_err(|e| e.to_string())? {
+            MirrorRevocation::Token { token_id } => {
+                Revocation::Token(TokenId::from_hex(&token_id).map_err(|e| e.to_string())?)
+            }
+            MirrorRevocation::Account { account, at } => Revocation::Account { account, at },
+            MirrorRevocation::Kid { kid } => Revocation::Kid(kid),
+        };
+        let _ = index.revoke(&rev);
+    } else {
+        index.insert(&parse_journal_line(line)?);
+    }
+    Ok(())
+}
+
+/// In the old process after the hand-over: applies the new process's mirror to the
+/// index until this process exits.
+fn follow_mirror(path: &Path, index: &MemIndex, stop: &AtomicBool) {
+    let mut offset = 0u64;
+    let mut file: Option<std::io::BufReader<std::fs::File>> = None;
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        if file.is_none() {
+            file = std::fs::File::open(path).ok().map(std::io::BufReader::new);
+        }
+        if let Some(reader) = file.as_mut() {
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(n) if n > 0 && line.ends_with('\n') => {
+                        offset += n as u64;
+                        if let Err(e) = apply_mirror_line(line.trim(), index) {
+                            log::error!("ledger mirror {}: {e}", path.display());
+                        }
+                    }
+                    Ok(_) => {
+                        // Nothing more, or half a line: read it again next time.
+                        if reader.seek(std::io::SeekFrom::Start(offset)).is_err() {
+                            file = None;
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        log::error!("ledger mirror {}: {e}", path.display());
+                        file = None;
+                        break;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(JOURNAL_POLL);
+    }
+}
+
+/// One journal line: the facts form of `warden ledger import`.
+fn journal_line(r: &Record) -> String {
+    serde_json::json!({
+        "token_id": r.id.to_hex(),
+        "account": r.account,
+        "issued_at": r.issued_at,
+        "expires_at": r.expires_at,
+        "kid": r.kid,
+    })
+    .to_string()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalLine {
+    token_id: String,
+    account: String,
+    issued_at: u64,
+    expires_at: u64,
+    kid: String,
+}
+
+fn parse_journal_line(line: &str) -> Result<Record, String> {
+    let l: JournalLine = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let r = Record {
+        id: TokenId::from_hex(&l.token_id).map_err(|e| e.to_string())?,
+        account: l.account,
+        issued_at: l.issued_at,
+        expires_at: l.expires_at,
+        kid: l.kid,
+    };
+    r.validate().map_err(|e| e.to_string())?;
+    Ok(r)
+}
+
+/// Reading position in a journal another process may still append to.
+struct Journal {
+    path: PathBuf,
+    offset: u64,
+    line_no: usize,
+    rejected: usize,
+}
+
+impl Journal {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            offset: 0,
+            line_no: 0,
+            rejected: 0,
+        }
+    }
+
+    /// Imports the complete lines appended since the last step. Returns `true` when the
+    /// journal is finished with: absent, or its writer gone (its lock is free), in which
+    /// case everything in it is imported and the file removed (renamed aside if a line
+    /// was refused).
+    fn step(&mut self, db: &Database, index: &MemIndex) -> Result<bool, String> {
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(e.to_string()),
+        };
+        // Take the lock first: once it is ours, nobody appends any more, and the read
+        // below sees everything.
+        let writer_gone = match f.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.to_string()),
+        };
+        self.import(&mut f, db, index)?;
+        if !writer_gone {
+            return Ok(false);
+        }
+        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        if len > self.offset {
+            // The writer died while writing this line, so never acknowledged it; keep
+            // it for inspection all the same.
+            self.rejected += 1;
+            log::error!(
+                "ledger hand-off journal {}: {} bytes of an unfinished last line",
+                self.path.display(),
+                len - self.offset
+            );
+        }
+        if self.rejected > 0 {
+            let mut aside = self.path.as_os_str().to_owned();
+            aside.push(".rejected");
+            std::fs::rename(&self.path, &aside).map_err(|e| e.to_string())?;
+            log::error!(
+                "ledger hand-off journal: {} lines refused; the file is kept as {} for inspection",
+                self.rejected,
+                Path::new(&aside).display()
+            );
+        } else {
+            std::fs::remove_file(&self.path).map_err(|e| e.to_string())?;
+        }
+        Ok(true)
+    }
+
+    fn import(
+        &mut self,
+        f: &mut std::fs::File,
+        db: &Database,
+        index: &MemIndex,
+    ) -> Result<(), String> {
+        f.seek(std::io::SeekFrom::Start(self.offset))
+            .map_err(|e| e.to_string())?;
+        let mut reader = std::io::BufReader::new(f);
+        let mut records = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(|e| e.to_string())?;
+            // A line without its newline is still being written: next time.
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            self.offset += n as u64;
+            self.line_no += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_journal_line(line.trim()) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    self.rejected += 1;
+                    log::error!(
+                        "ledger hand-off journal {}:{}: {e}",
+                        self.path.display(),
+                        self.line_no
+                    );
+                }
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (ack, _done) = oneshot::channel();
+        let n = records.len();
+        let op = Op::Record(records, ack);
+        write_batch(db, std::slice::from_ref(&op)).map_err(|e| e.to_string())?;
+        let _ = apply(index, op);
+        log::info!(
+            "ledger hand-off journal {}: imported {n} records",
+            self.path.display()
+        );
+        Ok(())
+    }
+}
+
+/// Follows an old process's journal until it exits (or this ledger closes).
+fn follow_journal(mut j: Journal, db: &Database, index: &MemIndex, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match j.step(db, index) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => log::error!("ledger hand-off journal {}: {e}", j.path.display()),
+        }
+        std::thread::sleep(JOURNAL_POLL);
     }
 }
 
@@ -325,7 +934,12 @@ fn load(db: &Database, index: &MemIndex, path: &Path) -> Result<(), OpenError> {
 
 // === writer ===
 
-fn writer_loop(db: &Database, index: &MemIndex, rx: &Receiver<Op>) {
+fn writer_loop(
+    db: &Database,
+    index: &MemIndex,
+    rx: &Receiver<Op>,
+    handback: &Mutex<Option<std::fs::File>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_OPS {
@@ -336,6 +950,7 @@ fn writer_loop(db: &Database, index: &MemIndex, rx: &Receiver<Op>) {
         }
         match write_batch(db, &batch) {
             Ok(counts) => {
+                mirror_batch(handback, &batch);
                 for (op, count) in batch.into_iter().zip(counts) {
                     let ack = apply(index, op);
                     let _ = ack.send(Ok(count));

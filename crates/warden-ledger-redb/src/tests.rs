@@ -115,3 +115,120 @@ fn a_truncated_file_is_a_clear_error() {
         .expect("a truncated store must be refused");
     assert!(err.to_string().contains("ledger.redb"), "{err}");
 }
+
+fn wait_until(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    f()
+}
+
+/// A graceful upgrade in one process: two ledgers on one file stand for the old and
+/// the new warden (redb's lock and the journal's `flock` are per open file, so they
+/// conflict within a process as between two).
+#[test]
+fn hand_over_releases_the_store_and_passes_later_records_on() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.redb");
+    let journal = journal_path(&path);
+    let old = EmbeddedLedger::open(&path, 64).expect("open");
+    block_on(old.record(vec![rec("a", "alice", T0)])).expect("record");
+
+    // While the old one holds the store, the new one waits, then gives up clearly.
+    let err = EmbeddedLedger::open_waiting(&path, 64, Duration::from_millis(200))
+        .err()
+        .expect("busy");
+    assert!(matches!(err, OpenError::Busy { .. }), "{err}");
+    assert!(err.to_string().contains("SIGQUIT"), "{err}");
+
+    // The old one hands over while the new one waits: the new one gets the store.
+    let new = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            old.hand_over().expect("hand over");
+        });
+        EmbeddedLedger::open_waiting(&path, 64, Duration::from_secs(10)).expect("take over")
+    });
+    assert!(old.handed_over());
+    assert_eq!(new.check_local(&q("a", "alice")), Some(Answer::Issued));
+    // The old one still answers lookups from memory.
+    assert_eq!(old.check_local(&q("a", "alice")), Some(Answer::Issued));
+
+    // A record the old one takes while it drains is acknowledged, visible there at
+    // once, journaled, and imported by the new one within a poll or two.
+    block_on(old.record(vec![rec("b", "bob", T0), rec("c", "carol", T0)])).expect("record");
+    assert_eq!(old.check_local(&q("b", "bob")), Some(Answer::Issued));
+    assert!(journal.exists());
+    assert!(
+        wait_until(Duration::from_secs(2), || new.check_local(&q("c", "carol"))
+            == Some(Answer::Issued)),
+        "the new ledger did not import the journal"
+    );
+    // The other way: what the new one commits reaches the old one's memory.
+    assert!(handback_path(&path).exists());
+    block_on(new.record(vec![rec("n", "nina", T0)])).expect("record");
+    block_on(new.revoke(Revocation::Token(TokenId::from_jti("a")))).expect("revoke");
+    assert!(
+        wait_until(Duration::from_secs(2), || old.check_local(&q("n", "nina"))
+            == Some(Answer::Issued)
+            && old.check_local(&q("a", "alice")) == Some(Answer::RevokedToken)),
+        "the old ledger did not follow the new one's commits"
+    );
+    // Writes the journal cannot carry are refused with a reason, not dropped.
+    let e = block_on(old.revoke(Revocation::Kid("k1".into()))).expect_err("refused");
+    assert!(e.to_string().contains("handed its ledger"), "{e}");
+    assert!(block_on(old.get(&TokenId::from_jti("a"))).is_err());
+    assert_eq!(block_on(old.sweep(u64::MAX / 2, 0)).expect("sweep"), 0);
+
+    // The old process exits: the journal's lock goes, the new one finishes it.
+    block_on(old.record(vec![rec("d", "dave", T0)])).expect("record");
+    drop(old);
+    assert!(
+        wait_until(Duration::from_secs(2), || !journal.exists()
+            && !handback_path(&path).exists()),
+        "journal or mirror not removed"
+    );
+    assert_eq!(new.check_local(&q("d", "dave")), Some(Answer::Issued));
+    // Everything is in the store itself.
+    drop(new);
+    let again = EmbeddedLedger::open(&path, 64).expect("reopen");
+    for (j, a) in [("b", "bob"), ("c", "carol"), ("d", "dave"), ("n", "nina")] {
+        assert_eq!(again.check_local(&q(j, a)), Some(Answer::Issued), "{j}");
+    }
+    assert_eq!(
+        again.check_local(&q("a", "alice")),
+        Some(Answer::RevokedToken)
+    );
+    assert_eq!(again.stats().entries, 5);
+}
+
+#[test]
+fn a_journal_left_behind_is_imported_at_start_and_bad_lines_kept_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.redb");
+    let journal = journal_path(&path);
+    let good = journal_line(&rec("e", "erin", T0));
+    std::fs::write(
+        &journal,
+        format!(
+            "{good}\n{{\"token_id\":\"zz\"}}\n\n{}",
+            journal_line(&rec("f", "frank", T0))
+        ),
+    )
+    .expect("write journal");
+    let l = EmbeddedLedger::open(&path, 64).expect("open");
+    assert_eq!(l.check_local(&q("e", "erin")), Some(Answer::Issued));
+    // The last line has no newline: it was being written when the writer died. Kept,
+    // with the bad line, in the file set aside.
+    assert_eq!(l.check_local(&q("f", "frank")), Some(Answer::Unknown));
+    assert!(!journal.exists());
+    let aside = dir.path().join("ledger.redb.handoff.jsonl.rejected");
+    assert!(std::fs::read_to_string(aside)
+        .expect("kept")
+        .contains("frank"));
+}

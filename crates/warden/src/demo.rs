@@ -122,7 +122,7 @@ pub fn main(listen: &str, admin: &str, upstream: &str, dir: Option<PathBuf>) -> 
         let record = v
             .record_for_issued(&legit, now)
             .map_err(|r| r.to_string())?;
-        let ledger = open_ledger(&config)?;
+        let ledger = open_ledger(&config, None)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -67,7 +67,7 @@ pub fn main(cmd: LedgerCommand) -> ExitCode {
     let Some(config) = load_config(config_path) else {
         return ExitCode::from(2);
     };
-    let ledger = match open_ledger(&config) {
+    let ledger = match open_ledger(&config, None) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("warden ledger: {e}");

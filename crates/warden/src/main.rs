@@ -3,9 +3,11 @@
 
 mod demo;
 mod ledger_cmd;
+mod lifecycle;
 mod replay_cmd;
 mod run;
 mod simulate_cmd;
+mod upgrade_cmd;
 mod upstream;
 
 use std::path::PathBuf;
@@ -39,6 +41,16 @@ enum Command {
         /// Take over the listeners of a running warden (graceful upgrade, after it got SIGQUIT).
         #[arg(short, long)]
         upgrade: bool,
+    },
+    /// Graceful upgrade: start `warden run --upgrade` with this binary, hand it the running
+    /// warden's sockets, ledger and state (SIGQUIT), and check it took over.
+    Upgrade {
+        /// Configuration file (the running warden's).
+        #[arg(short, long, default_value = "/etc/warden/warden.toml")]
+        config: PathBuf,
+        /// The running warden's pid (default: read from `server.pid_file`).
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Check configuration and rule files; print every problem with file:line:column.
     Check {
@@ -91,6 +103,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, upgrade } => run::run(&config, upgrade),
+        Command::Upgrade { config, pid } => upgrade_cmd::main(&config, pid),
         Command::Check { files } => check(&files),
         Command::Ledger { command } => ledger_cmd::main(command),
         Command::Demo {

@@ -10,7 +10,7 @@ use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::background_service;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use warden_admin::{AdminApp, Control};
 use warden_config::model::{Backend, Config};
@@ -20,6 +20,8 @@ use warden_core::verify::Verifier;
 use warden_ledger_redb::EmbeddedLedger;
 use warden_metrics::{Events, Metrics, WebhookConfig};
 use warden_proxy::{unix_now, Maintenance, Shared, WardenProxy};
+
+use crate::lifecycle::{Lifecycle, LifecycleService};
 
 /// Extra services a caller (the demo) adds to the same server.
 pub type ExtraServices = Vec<Box<dyn pingora::services::ServiceWithDependents>>;
@@ -76,12 +78,23 @@ pub fn load_config(path: &Path) -> Option<Config> {
     }
 }
 
-/// Opens the configured ledger backend.
-pub fn open_ledger(config: &Config) -> Result<Arc<EmbeddedLedger>, String> {
+/// How long the new process of a graceful upgrade waits for the old one to release the
+/// ledger store (it does on SIGQUIT, after writing its snapshot).
+pub const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the configured ledger backend; with `wait`, retries while another process (the
+/// old warden of a graceful upgrade) still holds the store.
+pub fn open_ledger(
+    config: &Config,
+    wait: Option<std::time::Duration>,
+) -> Result<Arc<EmbeddedLedger>, String> {
     match &config.ledger.backend {
-        Backend::Embedded { path } => EmbeddedLedger::open(path, config.ledger.write_queue)
-            .map(Arc::new)
-            .map_err(|e| e.to_string()),
+        Backend::Embedded { path } => match wait {
+            Some(w) => EmbeddedLedger::open_waiting(path, config.ledger.write_queue, w),
+            None => EmbeddedLedger::open(path, config.ledger.write_queue),
+        }
+        .map(Arc::new)
+        .map_err(|e| e.to_string()),
     }
 }
 
@@ -108,19 +121,17 @@ pub fn run(config_path: &Path, upgrade: bool) -> ExitCode {
 /// token's size makes guessing hopeless.
 const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
-/// Starts every service and never returns unless start-up fails.
+/// Starts every service; returns when the server has stopped (or start-up failed).
 pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("warden: {what}: {e}");
         ExitCode::from(2)
     };
+    // Everything that can fail is checked before the bootstrap: once a new process of a
+    // graceful upgrade has taken the listening sockets, the old one closes them.
     let verifier = match verifier(&config) {
         Ok(v) => Arc::new(v),
         Err(e) => return fail("keys", &e),
-    };
-    let ledger: Arc<dyn Ledger> = match open_ledger(&config) {
-        Ok(l) => l,
-        Err(e) => return fail("ledger", &e),
     };
     let admin_token = match &config.admin.token_file {
         Some(p) => match std::fs::read_to_string(p) {
@@ -158,14 +169,6 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         Ok(e) => Arc::new(e),
         Err(e) => return fail("events", &e),
     };
-    let shared = Arc::new(Shared::new(
-        &config,
-        verifier,
-        ledger,
-        Arc::clone(&metrics),
-        events,
-    ));
-
     let server_conf = ServerConf {
         threads: config.server.threads,
         pid_file: config.server.pid_file.display().to_string(),
@@ -180,7 +183,27 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    // On upgrade this receives the listening sockets from the old process; connections
+    // wait in the kernel's backlog until the services start below.
     server.bootstrap();
+
+    // The old process of an upgrade releases the ledger when it gets SIGQUIT (after
+    // writing its snapshot): wait for it, then restore that snapshot.
+    let ledger: Arc<dyn Ledger> = match open_ledger(&config, upgrade.then_some(HANDOVER_WAIT)) {
+        Ok(l) => l,
+        Err(e) => return fail("ledger", &e),
+    };
+    let shared = Arc::new(Shared::new(
+        &config,
+        verifier,
+        ledger,
+        Arc::clone(&metrics),
+        events,
+    ));
+    let lifecycle = Arc::new(Lifecycle::new(Arc::clone(&shared), &config.state));
+    lifecycle.restore();
+    // Sockets, ledger and state are ours: `warden upgrade` takes this as the hand-over.
+    crate::lifecycle::write_pid_file(&config.server.pid_file);
 
     let peers: Vec<String> = config
         .upstream
@@ -218,11 +241,17 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
     );
     admin.add_tcp(&config.admin.listen.to_string());
     let maintenance = background_service("maintenance", Maintenance::new(Arc::clone(&shared)));
+    let phases = server.watch_execution_phase();
+    let lifecycle_service = background_service(
+        "lifecycle",
+        LifecycleService::new(Arc::clone(&lifecycle), phases),
+    );
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
     server.add_service(maintenance);
+    server.add_service(lifecycle_service);
     for s in extra {
         server.add_boxed_service(s);
     }
@@ -233,5 +262,12 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         config.upstream.peers,
         shared.ledger.stats().entries
     );
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::NotifyingSignals),
+    });
+    // Stopped (SIGTERM after the drain, or SIGINT): the final snapshot, with everything
+    // counted. After an upgrade the new process owns the file and this writes nothing.
+    lifecycle.save("stop");
+    log::info!("warden stopped");
+    ExitCode::SUCCESS
 }
