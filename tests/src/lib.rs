@@ -962,3 +962,107 @@ impl Conn {
         }
     }
 }
+
+/// Debian's Redis server, which the fleet tests need.
+pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// A `redis-server` of its own on a free loopback port, with its data in a temporary
+/// directory and the append-only file fsynced on every write (`appendfsync always`), so
+/// that a write Redis acknowledged survives `kill -9`. Stopped when dropped.
+pub struct Redis {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts it. A missing `redis-server` fails the test with what to install: the
+    /// fleet tests are never skipped.
+    pub fn start() -> Self {
+        assert!(
+            Path::new(REDIS_SERVER).exists(),
+            "{REDIS_SERVER} is missing: the fleet tests need Debian's redis-server \
+             (`apt-get install redis-server`, or run scripts/deps)"
+        );
+        let mut r = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        r.spawn();
+        r
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(REDIS_SERVER)
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {REDIS_SERVER}: {e}"));
+        self.child = Some(child);
+        let up = wait_for(Duration::from_secs(10), || {
+            (self.cli(&["PING"]).trim() == "PONG").then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "redis-server did not answer on port {}",
+            self.port
+        );
+    }
+
+    /// `redis-cli` against it; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `kill -9` (a crash: only what was fsynced survives).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -351,6 +351,29 @@ impl Verifier {
         }
     }
 
+    /// Drops cached tokens a revocation covers, from both caches; returns how many.
+    /// The proxy asks the ledger on every request, cached or not, so this is not what
+    /// refuses a revoked token: it keeps the caches from holding tokens that can no
+    /// longer pass (fleet mode calls it for revocations made on other nodes too).
+    /// Walks the caches: for revocations (rare), not for requests.
+    pub fn forget_revoked(&self, revocation: &crate::ledger::Revocation) -> usize {
+        use crate::ledger::Revocation;
+        let covered = |v: &Verified| match revocation {
+            Revocation::Token(id) => v.id == *id,
+            Revocation::Account { account, at } => {
+                &*v.account == account.as_str() && v.issued_at.is_none_or(|iat| iat <= *at)
+            }
+            Revocation::Kid(kid) => &*v.kid == kid.as_str(),
+        };
+        let before = self.cache.len() + self.unconfirmed.len();
+        self.cache.retain(|_, v| !covered(v));
+        self.unconfirmed.retain(|_, v| !covered(v));
+        self.cached.store(self.cache.len(), Ordering::Relaxed);
+        self.unconfirmed_len
+            .store(self.unconfirmed.len(), Ordering::Relaxed);
+        before.saturating_sub(self.cache.len() + self.unconfirmed.len())
+    }
+
     /// Tokens in the cache.
     #[must_use]
     pub fn cache_len(&self) -> usize {

@@ -4,7 +4,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use warden_core::ledger::TokenId;
-use warden_rules::{Action, Condition, Field, Match, Measure, Mode, PathPattern, RouteClass, Rule};
+use warden_rules::{
+    Action, Condition, Field, Match, Measure, Mode, PathPattern, RouteClass, Rule, Scope,
+};
 
 use crate::{Decision, Engine, Facts, Lookup, Nothing};
 
@@ -30,6 +32,7 @@ fn rule(
         action,
         mode: Mode::Enforce,
         priority: 0,
+        scope: Scope::Local,
     }
 }
 

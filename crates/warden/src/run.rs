@@ -17,6 +17,7 @@ use warden_config::model::{Backend, Config};
 use warden_core::keys::KeyRegistry;
 use warden_core::ledger::Ledger;
 use warden_core::verify::Verifier;
+use warden_fleet::FleetNode;
 use warden_ledger_redb::EmbeddedLedger;
 use warden_metrics::{Events, Metrics, WebhookConfig};
 use warden_proxy::{unix_now, Maintenance, Shared, WardenProxy};
@@ -82,6 +83,10 @@ pub fn open_ledger(config: &Config) -> Result<Arc<EmbeddedLedger>, String> {
         Backend::Embedded { path } => EmbeddedLedger::open(path, config.ledger.write_queue)
             .map(Arc::new)
             .map_err(|e| e.to_string()),
+        Backend::Redis => Err(
+            "this configuration is in fleet mode: the ledger is in Redis; record and revoke through the admin API of any node"
+                .to_owned(),
+        ),
     }
 }
 
@@ -118,9 +123,32 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         Ok(v) => Arc::new(v),
         Err(e) => return fail("keys", &e),
     };
-    let ledger: Arc<dyn Ledger> = match open_ledger(&config) {
-        Ok(l) => l,
-        Err(e) => return fail("ledger", &e),
+    let metrics = Arc::new(Metrics::new());
+    // Fleet mode: the ledger is Redis, and the engine's hash key is the fleet's.
+    let (fleet, engine_key) = match &config.fleet {
+        Some(f) => {
+            let key = match warden_fleet::engine_key(&f.key_file) {
+                Ok(k) => k,
+                Err(e) => return fail("fleet", &e),
+            };
+            match FleetNode::new(
+                f,
+                &config.ledger,
+                Arc::clone(&verifier),
+                Arc::clone(&metrics),
+            ) {
+                Ok(node) => (Some(node), Some(key)),
+                Err(e) => return fail("fleet", &e),
+            }
+        }
+        None => (None, None),
+    };
+    let ledger: Arc<dyn Ledger> = match &fleet {
+        Some(node) => node.ledger(),
+        None => match open_ledger(&config) {
+            Ok(l) => l,
+            Err(e) => return fail("ledger", &e),
+        },
     };
     let admin_token = match &config.admin.token_file {
         Some(p) => match std::fs::read_to_string(p) {
@@ -139,7 +167,6 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         },
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
     let ev = &config.events;
     let events = Events::start(ev.file.as_deref(), ev.queue, metrics.events_dropped.clone())
         .and_then(|e| match &ev.webhook {
@@ -158,13 +185,17 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         Ok(e) => Arc::new(e),
         Err(e) => return fail("events", &e),
     };
-    let shared = Arc::new(Shared::new(
+    let shared = Arc::new(Shared::with_engine_key(
         &config,
         verifier,
         ledger,
         Arc::clone(&metrics),
         events,
+        engine_key,
     ));
+    if let Some(node) = &fleet {
+        node.start(Arc::clone(&shared.engine));
+    }
 
     let server_conf = ServerConf {
         threads: config.server.threads,
