@@ -188,7 +188,7 @@ action = "block"
     let t = token(SampleKey::RsA, kid::ACTIVE, "scraper", now() - 60);
     a.record(&t);
     let nodes = [&a, &b];
-    let mut statuses = |path: &str, src: &str| -> Vec<u16> {
+    let statuses = |path: &str, src: &str| -> Vec<u16> {
         (0..20)
             .map(|i| {
                 std::thread::sleep(Duration::from_millis(60));
@@ -277,7 +277,7 @@ fn redis_down_applies_the_fail_mode_and_recovers_when_it_returns() {
     });
     assert!(event.is_some_and(|e| e["detail"].as_str().is_some_and(|d| d.contains("redis"))));
     assert!(a.metric("warden_fleet_redis_errors_total{op=\"record\"}") >= 2.0);
-    assert_eq!(a.metric("warden_fleet_redis_up"), 0.0);
+    assert_eq!(a.metric("warden_fleet_redis_down"), 1.0);
     assert!(
         a.alive(),
         "warden exited while Redis was down:\n{}",
@@ -310,7 +310,7 @@ fn redis_down_applies_the_fail_mode_and_recovers_when_it_returns() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(a.get("/account/profile", &known).status, 401);
     let up_again = wait_for(Duration::from_secs(2), || {
-        (a.metric("warden_fleet_redis_up") == 1.0).then_some(())
+        (a.metric("warden_fleet_redis_down") == 0.0).then_some(())
     });
     assert!(up_again.is_some());
     assert!(a.alive());

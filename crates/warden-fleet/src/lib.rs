@@ -174,12 +174,12 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn ok(&self) {
-        self.metrics.fleet.redis_up.set(1);
+        self.metrics.fleet.redis_down.set(0);
     }
 
     pub(crate) fn failed(&self, op: warden_metrics::FleetOp, e: &dyn std::fmt::Display) {
         self.metrics.fleet.error(op);
-        self.metrics.fleet.redis_up.set(0);
+        self.metrics.fleet.redis_down.set(1);
         log::warn!("fleet: redis {op:?} failed: {e}");
     }
 
@@ -252,7 +252,6 @@ impl FleetNode {
             .map_err(url_err)?;
             (conn, tail)
         };
-        metrics.fleet.redis_up.set(0);
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
             keys: Keys {

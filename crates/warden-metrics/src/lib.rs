@@ -185,8 +185,9 @@ pub enum FleetApplied {
 pub struct FleetCounters {
     errors: Vec<IntCounter>,
     applied: Vec<IntCounter>,
-    /// 1 while the last Redis exchange succeeded, 0 after a failure.
-    pub redis_up: IntGauge,
+    /// 1 after a failed Redis exchange, until one succeeds; 0 otherwise (and always 0
+    /// on a node not in fleet mode).
+    pub redis_down: IntGauge,
     /// Seconds since this node's fleet view was last refreshed (the older of the last
     /// stream read and the last counter sync).
     pub sync_lag_seconds: prometheus::Gauge,
@@ -437,7 +438,7 @@ impl Metrics {
                     "kind",
                     &FLEET_APPLIED,
                 ),
-                redis_up: gauge(&r, "warden_fleet_redis_up", "Fleet mode: 1 while Redis answers, 0 after a failed exchange."),
+                redis_down: gauge(&r, "warden_fleet_redis_down", "Fleet mode: 1 after a failed Redis exchange until one succeeds, else 0 (always 0 outside fleet mode)."),
                 sync_lag_seconds: {
                     let name = "warden_fleet_sync_lag_seconds";
                     let g = prometheus::Gauge::new(name, "Fleet mode: seconds since this node's view of the fleet (stream and counters) was last refreshed.")
