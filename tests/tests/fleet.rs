@@ -60,7 +60,18 @@ fn time_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
 fn records_revocations_and_bans_reach_every_node_within_a_second() {
     let redis = Redis::start();
     let up = Upstream::start(kid::ACTIVE);
-    let (a, b, _keys) = two_nodes(&redis, &up, "", "t1");
+    // A node-local rule that bans: a ban it places on one node must apply on the other.
+    let rules = r#"
+[[rules]]
+name = "ban-fast"
+paths = ["/account/ban/*"]
+key = ["ip"]
+window = "1m"
+threshold = 3
+action = "ban"
+ban_for = "1h"
+"#;
+    let (a, b, _keys) = two_nodes(&redis, &up, rules, "t1");
     let t = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
 
     // Unknown everywhere: forged.
@@ -96,7 +107,13 @@ fn records_revocations_and_bans_reach_every_node_within_a_second() {
         took.is_some(),
         "a revocation made on A still passed on B after 1 s"
     );
-    assert!(b.metric("warden_fleet_stream_applied_total{kind=\"revocation\"}") >= 1.0);
+    let counted = wait_for(Duration::from_secs(1), || {
+        (b.metric("warden_fleet_stream_applied_total{kind=\"revocation\"}") >= 1.0).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "B did not count the revocation it applied"
+    );
     // And it stays refused (the cache does not bring it back).
     for _ in 0..3 {
         assert_eq!(b.get("/account/profile", &t).status, 401);
@@ -145,8 +162,31 @@ fn records_revocations_and_bans_reach_every_node_within_a_second() {
             .is_some_and(|l| l.iter().any(|x| x["key"] == "ip=127.0.0.9")),
         "{bans}"
     );
+    // A ban placed by a rule on A (4 requests over a threshold of 3) applies on B, where
+    // the address never sent a request.
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| a.get_from("127.0.0.11", "/account/ban/x", &t3).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 403]);
+    let took = time_until(Duration::from_secs(1), || {
+        b.get_from("127.0.0.11", "/account/ban/x", &t3).status == 403
+    });
+    assert!(
+        took.is_some(),
+        "a rule's ban placed on A did not apply on B within 1 s"
+    );
+    let counted = wait_for(Duration::from_secs(1), || {
+        (b.metric("warden_fleet_stream_applied_total{kind=\"ban\"}") >= 2.0).then_some(())
+    });
+    assert!(counted.is_some(), "B did not count the two bans it applied");
+
     // Lifted on B (same ban id on every node): lifted on A too.
-    let id = bans["bans"][0]["id"].as_str().expect("ban id").to_owned();
+    let id = bans["bans"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["key"] == "ip=127.0.0.9"))
+        .and_then(|x| x["id"].as_str())
+        .expect("ban id")
+        .to_owned();
     assert_eq!(
         b.admin("DELETE", &format!("/decisions/{id}"), "").status,
         200

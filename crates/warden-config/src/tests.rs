@@ -469,7 +469,10 @@ fn fleet_section_selects_the_redis_ledger_and_reports_every_error_in_place() {
     ];
     assert_eq!(e.len(), want.len(), "{e:#?}");
     for ((at, what), got) in want.iter().zip(&e) {
-        assert!(got.contains(at) && got.contains(what), "{got} lacks {at} {what}");
+        assert!(
+            got.contains(at) && got.contains(what),
+            "{got} lacks {at} {what}"
+        );
     }
     // Missing essentials are named.
     let e = errs(&format!("{MIN}[fleet]\nnode = \"a\"\n"));
@@ -496,7 +499,9 @@ fn rule_scope_is_checked_and_distinct_fleet_rules_are_warned_about() {
         "{base}measure = \"distinct\"\ndistinct = \"account\"\nscope = \"fleet\"\n"
     ));
     assert!(
-        d.iter().any(|m| m.contains("warning") && m.contains("distinct counts are not shared between nodes")),
+        d.iter()
+            .any(|m| m.contains("warning")
+                && m.contains("distinct counts are not shared between nodes")),
         "{d:?}"
     );
 }

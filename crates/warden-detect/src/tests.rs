@@ -927,16 +927,30 @@ fn fleet_scope_counts_add_the_other_nodes_and_bans_travel_by_note() {
         .ban_manual(&Field::Ip, "192.0.2.9", T0, T0 + 60_000)
         .expect("ban");
     let notes = fa.take_notes();
-    let Some(FleetNote::Ban { scope, key, placed_ms, until_ms, display, .. }) = notes.first() else {
+    let Some(FleetNote::Ban {
+        scope,
+        key,
+        placed_ms,
+        until_ms,
+        display,
+        ..
+    }) = notes.first()
+    else {
         panic!("no ban note: {notes:?}");
     };
     assert!(b.apply_fleet_ban(*scope, *key, *placed_ms, *until_ms, display));
     let req = Req::new("192.0.2.9", "y");
-    assert!(matches!(eval(&b, &req, T0 + 1).decision, Decision::Banned { .. }));
+    assert!(matches!(
+        eval(&b, &req, T0 + 1).decision,
+        Decision::Banned { .. }
+    ));
     assert_eq!(b.bans(T0 + 1)[0].0, id);
     // Lifting on a node notes it; applying the lift elsewhere frees the address.
     assert!(b.lift_fleet(&id));
     assert_eq!(eval(&b, &req, T0 + 2).decision, Decision::Pass);
     assert!(a.lift(&id));
-    assert!(matches!(fa.take_notes().as_slice(), [FleetNote::Lift { .. }]));
+    assert!(matches!(
+        fa.take_notes().as_slice(),
+        [FleetNote::Lift { .. }]
+    ));
 }
