@@ -311,6 +311,7 @@ pub struct Warden {
     pub retired_at: u64,
     extra: String,
     token_extra: String,
+    ledger_extra: String,
     upstream: SocketAddr,
 }
 
@@ -342,6 +343,16 @@ impl Warden {
         extra: &str,
         token_extra: &str,
     ) -> Self {
+        Self::start_in_with(dir, upstream, extra, token_extra, "")
+    }
+
+    fn start_in_with(
+        dir: tempfile::TempDir,
+        upstream: SocketAddr,
+        extra: &str,
+        token_extra: &str,
+        ledger_extra: &str,
+    ) -> Self {
         let keys = dir.path().join("keys");
         std::fs::create_dir_all(&keys).expect("mkdir keys");
         let write =
@@ -363,10 +374,12 @@ impl Warden {
             retired_at,
             extra: extra.to_owned(),
             token_extra: token_extra.to_owned(),
+            ledger_extra: String::new(),
             upstream,
         };
-        w.write_config(upstream, "");
         let mut w = w;
+        w.ledger_extra = ledger_extra.to_owned();
+        w.write_config(upstream, "");
         w.spawn();
         w
     }
@@ -385,6 +398,25 @@ impl Warden {
             upstream,
             &format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}"),
             "",
+        )
+    }
+
+    /// [`Warden::start_with_rules_to`] with `ledger_extra` lines added to the `[ledger]`
+    /// section.
+    pub fn start_with_rules_and_ledger_to(
+        upstream: SocketAddr,
+        rules: &str,
+        ledger_extra: &str,
+        extra: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("rules.toml"), rules).expect("write rules");
+        Self::start_in_with(
+            dir,
+            upstream,
+            &format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}"),
+            "",
+            ledger_extra,
         )
     }
 
@@ -487,6 +519,7 @@ leeway = "5s"
 [ledger]
 path = "ledger.redb"
 issuance_wait = "400ms"
+{ledger_extra}
 
 [[routes]]
 name = "login"
@@ -512,6 +545,7 @@ paths = ["/account/*"]
             admin = self.admin,
             extra = self.extra,
             token_extra = self.token_extra,
+            ledger_extra = self.ledger_extra,
         );
         std::fs::write(self.config_path(), text).expect("write config");
     }

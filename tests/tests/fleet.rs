@@ -9,6 +9,11 @@ use warden_e2e::{kid, now, request, token, wait_for, Redis, Upstream, Warden};
 /// The fleet's shared secret, written next to each node's config.
 const FLEET_KEY: &str = "fleet-test-key-0123456789abcdef";
 
+/// Lookups that miss a node's index go to Redis: on a loaded 2-core CI machine a round
+/// trip can exceed the default 50 ms, which would turn a test of propagation into one of
+/// the fail mode.
+const LEDGER: &str = "timeout = \"1s\"";
+
 /// A protected route whose ledger failures let requests through (loudly).
 const OPEN_ROUTE: &str = r#"
 [[routes]]
@@ -45,8 +50,18 @@ fn two_nodes(
     ns: &str,
 ) -> (Warden, Warden, tempfile::TempDir) {
     let keys = tempfile::tempdir().expect("tempdir");
-    let a = Warden::start_with_rules_to(up.addr, rules, &fleet_extra(redis, "a", ns, keys.path()));
-    let b = Warden::start_with_rules_to(up.addr, rules, &fleet_extra(redis, "b", ns, keys.path()));
+    let a = Warden::start_with_rules_and_ledger_to(
+        up.addr,
+        rules,
+        LEDGER,
+        &fleet_extra(redis, "a", ns, keys.path()),
+    );
+    let b = Warden::start_with_rules_and_ledger_to(
+        up.addr,
+        rules,
+        LEDGER,
+        &fleet_extra(redis, "b", ns, keys.path()),
+    );
     (a, b, keys)
 }
 
@@ -75,7 +90,8 @@ ban_for = "1h"
     let t = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
 
     // Unknown everywhere: forged.
-    assert_eq!(b.get("/account/profile", &t).status, 401);
+    let r = b.get("/account/profile", &t);
+    assert_eq!(r.status, 401, "{}\n{}", r.text(), b.log());
     // Recorded on A: accepted on B within a second.
     a.record(&t);
     let took = time_until(Duration::from_secs(1), || {

@@ -252,6 +252,28 @@ impl FleetNode {
             .map_err(url_err)?;
             (conn, tail)
         };
+        // Connect now if Redis answers within connect_timeout, so that the first lookups
+        // after start do not pay for the connection (and time out under ledger.timeout);
+        // if it does not, start anyway: the connections are made when Redis is back.
+        let warm = runtime.block_on(async {
+            let ping = |mut c: ConnectionManager| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            };
+            let both = async { tokio::try_join!(ping(conn.clone()), ping(tail.clone())) };
+            tokio::time::timeout(cfg.connect_timeout, both).await
+        });
+        match warm {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::warn!(
+                "fleet: Redis at {} does not answer yet ({e}); starting, routes get their fail mode until it does",
+                redact(&cfg.redis_url)
+            ),
+            Err(_) => log::warn!(
+                "fleet: Redis at {} did not answer within {:?}; starting, routes get their fail mode until it does",
+                redact(&cfg.redis_url),
+                cfg.connect_timeout
+            ),
+        }
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
             keys: Keys {
