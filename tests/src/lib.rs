@@ -999,6 +999,8 @@ impl Conn {
 
 /// Debian's Redis server, which the fleet tests need.
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// Its client, to check what the server holds.
+pub const REDIS_CLI: &str = "/usr/bin/redis-cli";
 
 /// A `redis-server` of its own on a free loopback port, with its data in a temporary
 /// directory and the append-only file fsynced on every write (`appendfsync always`), so
@@ -1019,6 +1021,11 @@ impl Redis {
             Path::new(REDIS_SERVER).exists(),
             "{REDIS_SERVER} is missing: the fleet tests need Debian's redis-server \
              (`apt-get install redis-server`, or run scripts/deps)"
+        );
+        assert!(
+            Path::new(REDIS_CLI).exists(),
+            "{REDIS_CLI} is missing: the fleet tests need it (Debian's redis-tools, which \
+             redis-server installs; run scripts/deps)"
         );
         let mut r = Self {
             child: None,
@@ -1071,7 +1078,7 @@ impl Redis {
 
     /// `redis-cli` against it; its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
+        Command::new(REDIS_CLI)
             .args(["-h", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .args(args)
