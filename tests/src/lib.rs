@@ -1076,9 +1076,12 @@ impl Redis {
         );
     }
 
-    /// `redis-cli` against it; its standard output.
+    /// `redis-cli` against it, for at most 5 seconds (a paused server never answers);
+    /// its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new(REDIS_CLI)
+        Command::new("timeout")
+            .arg("5")
+            .arg(REDIS_CLI)
             .args(["-h", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .args(args)
@@ -1089,9 +1092,32 @@ impl Redis {
 
     /// `kill -9` (a crash: only what was fsynced survives).
     pub fn kill(&mut self) {
+        self.resume();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// `SIGSTOP`: Redis hangs, connections stay open and nothing answers (a stalled
+    /// server, the worst kind of slow). [`Redis::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `SIGCONT` after [`Redis::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill");
+            assert!(ok.success(), "kill {sig} redis-server");
         }
     }
 

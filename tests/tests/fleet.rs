@@ -371,3 +371,63 @@ fn redis_down_applies_the_fail_mode_and_recovers_when_it_returns() {
     assert!(up_again.is_some());
     assert!(a.alive());
 }
+
+#[test]
+fn a_stalled_redis_gets_the_fail_mode_in_time_not_a_hung_request() {
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    let keys = tempfile::tempdir().expect("tempdir");
+    // The default ledger.timeout (50 ms) bounds lookups; fleet.command_timeout (300 ms
+    // here) bounds writes.
+    let mut a =
+        Warden::start_with_rules_to(up.addr, "", &fleet_extra(&redis, "a", "t4", keys.path()));
+    let known = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
+    a.record(&known);
+
+    redis.pause();
+    let fresh = token(SampleKey::RsA, kid::ACTIVE, "dave", now() - 60);
+    let started = Instant::now();
+    let closed = a.get("/account/profile", &fresh);
+    assert_eq!(closed.status, 503, "fail-closed route: {}", closed.text());
+    assert_eq!(
+        a.get("/catalog/items", &fresh).status,
+        200,
+        "fail-open route"
+    );
+    assert_eq!(a.get("/account/profile", &known).status, 200, "known token");
+    let r = a.admin(
+        "POST",
+        "/ledger/records",
+        &serde_json::json!({"token": fresh}).to_string(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("ledger backend unavailable: redis MULTI/EXEC"),
+        "{}",
+        r.text()
+    );
+    // Four requests and a write, each bounded by its timeout, not by Redis.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "requests waited for a stalled Redis: {:?}",
+        started.elapsed()
+    );
+    assert!(a.alive());
+
+    redis.resume();
+    let back = wait_for(Duration::from_secs(5), || {
+        let r = a.admin(
+            "POST",
+            "/ledger/records",
+            &serde_json::json!({"token": fresh}).to_string(),
+        );
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "no recovery after Redis resumed:\n{}",
+        a.log()
+    );
+    assert_eq!(a.get("/account/profile", &fresh).status, 200);
+}
