@@ -378,17 +378,17 @@ fn forget_revoked_drops_only_covered_tokens_from_the_caches() {
         assert_eq!(v.conclude(&c, Answer::Issued), Reason::Ok);
     }
     assert_eq!(v.cache_len(), 2);
-    let gone = v.forget_revoked(&Revocation::Token(crate::ledger::TokenId::from_jti("f-1")));
+    let gone = v.forget_revoked(&[Revocation::Token(crate::ledger::TokenId::from_jti("f-1"))]);
     assert_eq!(gone, 1);
     assert_eq!(v.cache_len(), 1);
     assert!(!v.verify(&t1, NOW).expect("verifies").cached);
     assert!(v.verify(&t2, NOW).expect("verifies").cached);
     // By account, with a cut-off before the tokens' iat: nothing goes.
-    let none = v.forget_revoked(&Revocation::Account {
+    let none = v.forget_revoked(&[Revocation::Account {
         account: "alice".into(),
         at: NOW - 20,
-    });
+    }]);
     assert_eq!(none, 0);
-    assert_eq!(v.forget_revoked(&Revocation::Kid("hs".into())), 1);
+    assert_eq!(v.forget_revoked(&[Revocation::Kid("hs".into())]), 1);
     assert_eq!(v.cache_len(), 0);
 }

@@ -47,15 +47,18 @@ impl RedisLedger {
         }
     }
 
-    /// Applies a revocation to this node's memory: the index, the verifier's caches,
-    /// and the recently-revoked set.
-    pub(crate) fn apply_local(&self, r: &Revocation) -> u64 {
+    /// Applies a revocation to this node's index and recently-revoked set (the
+    /// verifier's caches: [`RedisLedger::forget_cached`]).
+    pub(crate) fn apply_index(&self, r: &Revocation) -> u64 {
         if let Revocation::Token(id) = r {
             self.recent_revoked.insert(*id, now_ms() / 1000);
         }
-        let n = self.index.load().revoke(r);
-        self.inner.verifier.forget_revoked(r);
-        n
+        self.index.load().revoke(r)
+    }
+
+    /// Drops the tokens these revocations cover from the verifier's caches, in one walk.
+    pub(crate) fn forget_cached(&self, rs: &[Revocation]) {
+        self.inner.verifier.forget_revoked(rs);
     }
 
     /// Replaces the index with an empty one (it refills from Redis on lookups).
@@ -270,7 +273,8 @@ impl Ledger for RedisLedger {
             }
         };
         self.inner.ok();
-        let local = self.apply_local(&revocation);
+        let local = self.apply_index(&revocation);
+        self.forget_cached(std::slice::from_ref(&revocation));
         Ok(match revocation {
             Revocation::Token(_) => marked.max(local),
             _ => local,

@@ -89,12 +89,15 @@ async fn bootstrap(inner: &Inner, ledger: &RedisLedger, engine: &Engine) -> Resu
                 .query_async(&mut conn),
         )
         .await?;
-    for (account, at) in accounts {
-        ledger.apply_local(&Revocation::Account { account, at });
+    let revocations: Vec<Revocation> = accounts
+        .into_iter()
+        .map(|(account, at)| Revocation::Account { account, at })
+        .chain(kids.into_iter().map(Revocation::Kid))
+        .collect();
+    for r in &revocations {
+        ledger.apply_index(r);
     }
-    for kid in kids {
-        ledger.apply_local(&Revocation::Kid(kid));
-    }
+    ledger.forget_cached(&revocations);
     let now = now_ms();
     let mut expired = Vec::new();
     for (id, json) in bans {
@@ -180,12 +183,14 @@ fn id_parts(id: &str) -> (u64, u64) {
     (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
 }
 
-/// Applies one stream entry; returns what it was, if it was applied.
+/// Applies one stream entry; returns what it was, if it was applied. Revocations go to
+/// the index at once and into `revoked`, for one walk of the verifier caches per batch.
 fn apply(
     inner: &Inner,
     ledger: &RedisLedger,
     engine: &Engine,
     e: &StreamId,
+    revoked: &mut Vec<Revocation>,
 ) -> Option<FleetApplied> {
     let kind: String = e.get("k")?;
     let origin: Option<String> = e.get("n");
@@ -195,18 +200,28 @@ fn apply(
             let id = TokenId::from_hex(&e.get::<String>("id")?).ok()?;
             // Our own revocations were applied when they were made; applying again is
             // harmless (idempotent) and keeps the code path one.
-            ledger.apply_local(&Revocation::Token(id));
-            (!own).then_some(FleetApplied::Revocation)
+            if own {
+                // Applied when it was made.
+                return None;
+            }
+            let r = Revocation::Token(id);
+            ledger.apply_index(&r);
+            revoked.push(r);
+            Some(FleetApplied::Revocation)
         }
-        "ra" => {
+        "ra" if !own => {
             let account: String = e.get("a")?;
             let at: u64 = e.get::<String>("at")?.parse().ok()?;
-            ledger.apply_local(&Revocation::Account { account, at });
-            (!own).then_some(FleetApplied::Revocation)
+            let r = Revocation::Account { account, at };
+            ledger.apply_index(&r);
+            revoked.push(r);
+            Some(FleetApplied::Revocation)
         }
-        "rk" => {
-            ledger.apply_local(&Revocation::Kid(e.get("kid")?));
-            (!own).then_some(FleetApplied::Revocation)
+        "rk" if !own => {
+            let r = Revocation::Kid(e.get("kid")?);
+            ledger.apply_index(&r);
+            revoked.push(r);
+            Some(FleetApplied::Revocation)
         }
         "ban" if !own => {
             let hex = |f: &str| {
@@ -298,10 +313,14 @@ pub(crate) async fn tail(inner: Arc<Inner>, ledger: Arc<RedisLedger>, engine: Ar
         }
         let _ = first;
         let mut counts = [0u64; 3];
+        let mut revoked = Vec::new();
         for e in &entries {
-            if let Some(kind) = apply(&inner, &ledger, &engine, e) {
+            if let Some(kind) = apply(&inner, &ledger, &engine, e, &mut revoked) {
                 counts[kind as usize] += 1;
             }
+        }
+        if !revoked.is_empty() {
+            ledger.forget_cached(&revoked);
         }
         for (kind, n) in [
             (FleetApplied::Revocation, counts[0]),
