@@ -1017,6 +1017,11 @@ impl Redis {
     /// Starts it. A missing `redis-server` fails the test with what to install: the
     /// fleet tests are never skipped.
     pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// [`Redis::start`] on a given port.
+    pub fn start_on(port: u16) -> Self {
         assert!(
             Path::new(REDIS_SERVER).exists(),
             "{REDIS_SERVER} is missing: the fleet tests need Debian's redis-server \
@@ -1029,7 +1034,7 @@ impl Redis {
         );
         let mut r = Self {
             child: None,
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().expect("tempdir"),
         };
         r.spawn();

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use warden_core::fixtures::SampleKey;
-use warden_e2e::{kid, now, request, token, wait_for, Redis, Upstream, Warden};
+use warden_e2e::{free_port, kid, now, request, token, wait_for, Redis, Upstream, Warden};
 
 /// The fleet's shared secret, written next to each node's config.
 const FLEET_KEY: &str = "fleet-test-key-0123456789abcdef";
@@ -430,4 +430,46 @@ fn a_stalled_redis_gets_the_fail_mode_in_time_not_a_hung_request() {
         a.log()
     );
     assert_eq!(a.get("/account/profile", &fresh).status, 200);
+}
+
+#[test]
+fn a_node_starts_while_redis_is_down_and_joins_when_it_comes() {
+    let up = Upstream::start(kid::ACTIVE);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let extra = format!(
+        "[fleet]\nredis_url = \"redis://127.0.0.1:{port}/0\"\nnode = \"a\"\nnamespace = \"t5\"\nkey_file = \"{key}\"\nconnect_timeout = \"300ms\"\ncommand_timeout = \"300ms\"\n",
+        key = {
+            let k = keys.path().join("fleet.key");
+            std::fs::write(&k, FLEET_KEY).expect("write key");
+            k.display().to_string()
+        }
+    );
+    // Nothing listens on the port: warden starts anyway (the harness waits for /ready).
+    let mut a = Warden::start_with_rules_to(up.addr, "", &extra);
+    let t = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
+    assert_eq!(a.get("/account/profile", &t).status, 503);
+    let r = a.admin(
+        "POST",
+        "/ledger/records",
+        &serde_json::json!({"token": t}).to_string(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(a.alive());
+    // Redis comes up on that port: the node joins by itself.
+    let _redis = Redis::start_on(port);
+    let joined = wait_for(Duration::from_secs(5), || {
+        let r = a.admin(
+            "POST",
+            "/ledger/records",
+            &serde_json::json!({"token": t}).to_string(),
+        );
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        joined.is_some(),
+        "the node did not join Redis:\n{}",
+        a.log()
+    );
+    assert_eq!(a.get("/account/profile", &t).status, 200);
 }
