@@ -311,6 +311,7 @@ pub struct Warden {
     pub retired_at: u64,
     extra: String,
     token_extra: String,
+    ledger_extra: String,
     upstream: SocketAddr,
     grace_period: String,
     shutdown_timeout: String,
@@ -401,6 +402,7 @@ impl Warden {
             grace_period,
             shutdown_timeout,
             env,
+            "",
         )
     }
 
@@ -410,9 +412,10 @@ impl Warden {
         extra: &str,
         token_extra: &str,
     ) -> Self {
-        Self::start_full(dir, upstream, extra, token_extra, "0s", "2s", &[])
+        Self::start_full(dir, upstream, extra, token_extra, "0s", "2s", &[], "")
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_full(
         dir: tempfile::TempDir,
         upstream: SocketAddr,
@@ -421,6 +424,7 @@ impl Warden {
         grace_period: &str,
         shutdown_timeout: &str,
         env: &[(&str, &str)],
+        ledger_extra: &str,
     ) -> Self {
         let keys = dir.path().join("keys");
         std::fs::create_dir_all(&keys).expect("mkdir keys");
@@ -443,6 +447,7 @@ impl Warden {
             retired_at,
             extra: extra.to_owned(),
             token_extra: token_extra.to_owned(),
+            ledger_extra: ledger_extra.to_owned(),
             upstream,
             grace_period: grace_period.to_owned(),
             shutdown_timeout: shutdown_timeout.to_owned(),
@@ -452,8 +457,8 @@ impl Warden {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         };
-        w.write_config(upstream, "");
         let mut w = w;
+        w.write_config(upstream, "");
         w.spawn();
         w
     }
@@ -472,6 +477,28 @@ impl Warden {
             upstream,
             &format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}"),
             "",
+        )
+    }
+
+    /// [`Warden::start_with_rules_to`] with `ledger_extra` lines added to the `[ledger]`
+    /// section.
+    pub fn start_with_rules_and_ledger_to(
+        upstream: SocketAddr,
+        rules: &str,
+        ledger_extra: &str,
+        extra: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("rules.toml"), rules).expect("write rules");
+        Self::start_full(
+            dir,
+            upstream,
+            &format!("[rules]\nfiles = [\"rules.toml\"]\n{extra}"),
+            "",
+            "0s",
+            "2s",
+            &[],
+            ledger_extra,
         )
     }
 
@@ -574,6 +601,7 @@ leeway = "5s"
 [ledger]
 path = "ledger.redb"
 issuance_wait = "400ms"
+{ledger_extra}
 
 [[routes]]
 name = "login"
@@ -601,6 +629,7 @@ paths = ["/account/*"]
             token_extra = self.token_extra,
             grace_period = self.grace_period,
             shutdown_timeout = self.shutdown_timeout,
+            ledger_extra = self.ledger_extra,
         );
         std::fs::write(self.config_path(), text).expect("write config");
     }
@@ -1147,5 +1176,147 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Debian's Redis server, which the fleet tests need.
+pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// Its client, to check what the server holds.
+pub const REDIS_CLI: &str = "/usr/bin/redis-cli";
+
+/// A `redis-server` of its own on a free loopback port, with its data in a temporary
+/// directory and the append-only file fsynced on every write (`appendfsync always`), so
+/// that a write Redis acknowledged survives `kill -9`. Stopped when dropped.
+pub struct Redis {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts it. A missing `redis-server` fails the test with what to install: the
+    /// fleet tests are never skipped.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// [`Redis::start`] on a given port.
+    pub fn start_on(port: u16) -> Self {
+        assert!(
+            Path::new(REDIS_SERVER).exists(),
+            "{REDIS_SERVER} is missing: the fleet tests need Debian's redis-server \
+             (`apt-get install redis-server`, or run scripts/deps)"
+        );
+        assert!(
+            Path::new(REDIS_CLI).exists(),
+            "{REDIS_CLI} is missing: the fleet tests need it (Debian's redis-tools, which \
+             redis-server installs; run scripts/deps)"
+        );
+        let mut r = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        r.spawn();
+        r
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(REDIS_SERVER)
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {REDIS_SERVER}: {e}"));
+        self.child = Some(child);
+        let up = wait_for(Duration::from_secs(10), || {
+            (self.cli(&["PING"]).trim() == "PONG").then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "redis-server did not answer on port {}",
+            self.port
+        );
+    }
+
+    /// `redis-cli` against it, for at most 5 seconds (a paused server never answers);
+    /// its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("timeout")
+            .arg("5")
+            .arg(REDIS_CLI)
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `kill -9` (a crash: only what was fsynced survives).
+    pub fn kill(&mut self) {
+        self.resume();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `SIGSTOP`: Redis hangs, connections stay open and nothing answers (a stalled
+    /// server, the worst kind of slow). [`Redis::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `SIGCONT` after [`Redis::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill");
+            assert!(ok.success(), "kill {sig} redis-server");
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

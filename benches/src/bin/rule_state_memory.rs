@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use warden_detect::{Engine, Facts, Nothing};
-use warden_rules::{Action, Field, Match, Measure, Mode, RouteClass, Rule};
+use warden_rules::{Action, Field, Match, Measure, Mode, RouteClass, Rule, Scope};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -37,6 +37,7 @@ fn rule(name: &str, measure: Measure) -> Rule {
         action: Action::Log,
         mode: Mode::Enforce,
         priority: 0,
+        scope: Scope::Local,
     }
 }
 

@@ -152,10 +152,11 @@ struct Sections {
     events: raw::Events,
     limits: raw::Limits,
     state: raw::State,
+    fleet: Option<(raw::Fleet, Range<usize>)>,
 }
 
 const SECTIONS: &str =
-    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules, events, limits, state";
+    "server, admin, upstream, client_ip, token, keys, jwks, ledger, routes, routing, rules, events, limits, state, fleet";
 
 struct Compiler<'a> {
     sink: Sink<'a>,
@@ -223,6 +224,10 @@ impl Compiler<'_> {
                 "events" => self.sections.events = self.de("events", value),
                 "limits" => self.sections.limits = self.de("limits", value),
                 "state" => self.sections.state = self.de("state", value),
+                "fleet" => {
+                    let f = self.de("fleet", value);
+                    self.sections.fleet = Some((f, key.span()));
+                }
                 "rules" if value.get_ref().is_table() => self.sections.rules = self.de("rules", value),
                 "rules" => self.sink.error(
                     key.span(),
@@ -245,12 +250,31 @@ impl Compiler<'_> {
         let client_ip = self.client_ip();
         let (token, policy) = self.token();
         let keys = self.keys();
-        let ledger = self.ledger();
+        let fleet = self.fleet();
+        let ledger = self.ledger(fleet.is_some());
         let routes = self.routes();
         let rules = self.rules();
         let events = self.events();
         let limits = self.limits();
         let state = self.state(&ledger);
+        if fleet.is_none() {
+            for r in rules
+                .list
+                .iter()
+                .filter(|r| r.scope == warden_rules::Scope::Fleet)
+            {
+                self.sink.diagnostics.push(Diagnostic {
+                    severity: Severity::Warning,
+                    file: path.to_owned(),
+                    line: 1,
+                    column: 1,
+                    message: format!(
+                        "rule {:?} has scope = \"fleet\" but there is no [fleet] section: it counts on this node only",
+                        r.name
+                    ),
+                });
+            }
+        }
         Some(Config {
             source: path.to_owned(),
             server,
@@ -266,14 +290,204 @@ impl Compiler<'_> {
             events,
             limits,
             state,
+            fleet,
+        })
+    }
+
+    fn fleet(&mut self) -> Option<Fleet> {
+        let (f, section) = self.sections.fleet.take()?;
+        if self.failed.contains(&"fleet") {
+            return None;
+        }
+        let redis_url = match &f.redis_url {
+            None => {
+                self.sink.error(
+                    section.clone(),
+                    "[fleet] needs redis_url, like \"redis://127.0.0.1:6379/0\"",
+                );
+                String::new()
+            }
+            Some(u) => {
+                let url = u.get_ref();
+                let scheme_ok = ["redis://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+                if url.starts_with("rediss://") {
+                    self.sink.error(
+                        u.span(),
+                        format!("fleet.redis_url = {url:?}: TLS (rediss://) is not built in; reach Redis over a private network or a local TLS tunnel and use redis://"),
+                    );
+                } else if !scheme_ok {
+                    self.sink.error(
+                        u.span(),
+                        format!("fleet.redis_url = {url:?} is not a Redis URL; expected redis://host:port[/db] or redis+unix:///path"),
+                    );
+                }
+                url.clone()
+            }
+        };
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        let node = match &f.node {
+            Some(n) => {
+                if !name_ok(n.get_ref()) {
+                    self.sink.error(
+                        n.span(),
+                        format!(
+                            "fleet.node = {:?}: expected 1 to 64 letters, digits, '-', '_' or '.'",
+                            n.get_ref()
+                        ),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default();
+                if name_ok(&host) {
+                    host
+                } else {
+                    self.sink.error(
+                        section.clone(),
+                        format!("[fleet] has no node and the host name {host:?} cannot serve as one; set fleet.node, unique in the fleet"),
+                    );
+                    String::new()
+                }
+            }
+        };
+        let namespace = match &f.namespace {
+            Some(n) => {
+                if !name_ok(n.get_ref()) {
+                    self.sink.error(
+                        n.span(),
+                        format!("fleet.namespace = {:?}: expected 1 to 64 letters, digits, '-', '_' or '.'", n.get_ref()),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => "warden".to_owned(),
+        };
+        let key_file = match &f.key_file {
+            None => {
+                self.sink.error(
+                    section.clone(),
+                    "[fleet] needs key_file: a file with the fleet's shared secret (at least 16 bytes, the same on every node), made with `head -c 32 /dev/urandom > fleet.key`",
+                );
+                PathBuf::new()
+            }
+            Some(k) => {
+                let path = self.path(k.get_ref());
+                match std::fs::read(&path) {
+                    Ok(b) if trim_ascii_end(b.clone()).len() >= 16 => {}
+                    Ok(b) => self.sink.error(
+                        k.span(),
+                        format!(
+                            "fleet.key_file: {} holds {} bytes; expected at least 16 random ones",
+                            path.display(),
+                            b.len()
+                        ),
+                    ),
+                    Err(e) => self.sink.error(
+                        k.span(),
+                        format!("fleet.key_file: cannot read {}: {e}", path.display()),
+                    ),
+                }
+                path
+            }
+        };
+        let bounded = |c: &mut Self,
+                       field: &str,
+                       v: &Option<S<String>>,
+                       default: Duration,
+                       lo: Duration,
+                       hi: Duration| {
+            let d = c.duration(field, v, default);
+            match v {
+                Some(v) if d < lo || d > hi => {
+                    c.sink.error(
+                        v.span(),
+                        format!(
+                            "{field} = {:?} is out of range; expected {lo:?} to {hi:?}",
+                            v.get_ref()
+                        ),
+                    );
+                    default
+                }
+                _ => d,
+            }
+        };
+        let ms = Duration::from_millis;
+        let sync_interval = bounded(
+            self,
+            "fleet.sync_interval",
+            &f.sync_interval,
+            ms(250),
+            ms(10),
+            ms(10_000),
+        );
+        let command_timeout = bounded(
+            self,
+            "fleet.command_timeout",
+            &f.command_timeout,
+            ms(500),
+            ms(1),
+            ms(60_000),
+        );
+        let connect_timeout = bounded(
+            self,
+            "fleet.connect_timeout",
+            &f.connect_timeout,
+            ms(1000),
+            ms(1),
+            ms(60_000),
+        );
+        let replica_timeout = bounded(
+            self,
+            "fleet.replica_timeout",
+            &f.replica_timeout,
+            ms(200),
+            ms(1),
+            ms(60_000),
+        );
+        Some(Fleet {
+            redis_url,
+            node,
+            namespace,
+            key_file,
+            sync_interval,
+            command_timeout,
+            connect_timeout,
+            min_replicas: u32::try_from(self.count(
+                "fleet.min_replicas",
+                &f.min_replicas,
+                0,
+                0..101,
+            ))
+            .unwrap_or(0),
+            replica_timeout,
+            stream_max_len: self.count(
+                "fleet.stream_max_len",
+                &f.stream_max_len,
+                100_000,
+                1000..100_000_001,
+            ),
+            max_keys: self.count("fleet.max_keys", &f.max_keys, 100_000, 1..100_000_001),
         })
     }
 
     fn state(&mut self, ledger: &Ledger) -> State {
         let s = std::mem::take(&mut self.sections.state);
         let enabled = s.snapshot.as_ref().is_none_or(|b| *b.get_ref());
+        // The embedded ledger's store, which the default snapshot sits beside; in fleet
+        // mode (ledger in Redis) the default is beside the configuration file.
         let store = match &ledger.backend {
-            Backend::Embedded { path } => path.clone(),
+            Backend::Embedded { path } => Some(path.clone()),
+            Backend::Redis => None,
         };
         let snapshot_path = match &s.snapshot_path {
             Some(p) if p.get_ref().trim().is_empty() => {
@@ -284,7 +498,13 @@ impl Compiler<'_> {
                 None
             }
             Some(p) => Some((self.path(p.get_ref()), p.span())),
-            None => Some((store.with_file_name("warden.state"), 0..0)),
+            None => Some((
+                store.as_deref().map_or_else(
+                    || self.path("warden.state"),
+                    |s| s.with_file_name("warden.state"),
+                ),
+                0..0,
+            )),
         };
         let snapshot_path = snapshot_path.and_then(|(path, span)| {
             if path.is_dir() {
@@ -297,7 +517,10 @@ impl Compiler<'_> {
                 );
                 return None;
             }
-            if path == store || path == warden_ledger_journal(&store) {
+            if store
+                .as_deref()
+                .is_some_and(|s| path == s || path == warden_ledger_journal(s))
+            {
                 self.sink.error(
                     span,
                     format!(
@@ -924,13 +1147,32 @@ impl Compiler<'_> {
         }
     }
 
-    fn ledger(&mut self) -> Ledger {
+    fn ledger(&mut self, fleet: bool) -> Ledger {
         let l = std::mem::take(&mut self.sections.ledger);
         let backend_name = l
             .backend
             .as_ref()
-            .map_or("embedded", |b| b.get_ref().as_str());
+            .map_or(if fleet { "redis" } else { "embedded" }, |b| {
+                b.get_ref().as_str()
+            });
         let backend = match backend_name {
+            "redis" if fleet => Backend::Redis,
+            "redis" => {
+                let span = l.backend.as_ref().map_or(0..0, Spanned::span);
+                self.sink.error(
+                    span,
+                    "ledger.backend = \"redis\" needs a [fleet] section (redis_url, node, key_file)",
+                );
+                Backend::Redis
+            }
+            "embedded" if fleet => {
+                let span = l.backend.as_ref().map_or(0..0, Spanned::span);
+                self.sink.error(
+                    span,
+                    "ledger.backend = \"embedded\" with a [fleet] section: fleet mode shares the ledger through Redis; remove ledger.backend or set it to \"redis\"",
+                );
+                Backend::Redis
+            }
             "embedded" => Backend::Embedded {
                 path: self.path(
                     l.path
@@ -942,7 +1184,7 @@ impl Compiler<'_> {
                 let span = l.backend.as_ref().map_or(0..0, Spanned::span);
                 self.sink.error(
                     span,
-                    format!("ledger.backend = {other:?} is not one of: embedded"),
+                    format!("ledger.backend = {other:?} is not one of: embedded, redis"),
                 );
                 Backend::Embedded {
                     path: PathBuf::new(),

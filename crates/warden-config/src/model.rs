@@ -40,6 +40,9 @@ pub struct Config {
     pub limits: Limits,
     /// Where the rule engine's state is kept across restarts and upgrades.
     pub state: State,
+    /// Fleet mode (`[fleet]`): ledger, revocations, bans and fleet-scope counters
+    /// shared through Redis. `None` for a single node.
+    pub fleet: Option<Fleet>,
 }
 
 /// The rule engine's snapshot (`[state]`): counters, distinct sets and bans, written on
@@ -53,6 +56,35 @@ pub struct State {
     /// How often to write it while running besides at stop and upgrade (a crash then
     /// loses at most this much); zero: only at stop and upgrade. Default 60 s.
     pub snapshot_interval: Duration,
+}
+
+/// Fleet mode (`[fleet]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// `redis://[user:password@]host:port[/db]` (or `redis+unix:///path`).
+    pub redis_url: String,
+    /// This node's name, unique in the fleet (its counters are kept apart by it).
+    pub node: String,
+    /// Prefix of every Redis key warden writes (several fleets can share one Redis).
+    pub namespace: String,
+    /// File holding the fleet's shared secret (at least 16 bytes): the key of the rule
+    /// engine's hashes, the same on every node so that bans and counters match.
+    pub key_file: PathBuf,
+    /// How often fleet-scope counters are pushed and read back, and bans published.
+    pub sync_interval: Duration,
+    /// Longest wait for one Redis command (lookups also obey `ledger.timeout`).
+    pub command_timeout: Duration,
+    /// Longest wait to (re)connect.
+    pub connect_timeout: Duration,
+    /// Replicas that must acknowledge a ledger write (`WAIT`) before it is
+    /// acknowledged; 0 = the primary's own durability (its `appendfsync`).
+    pub min_replicas: u32,
+    /// Longest `WAIT` for those replicas.
+    pub replica_timeout: Duration,
+    /// Entries kept in the revocation and ban stream (`XADD MAXLEN ~`).
+    pub stream_max_len: usize,
+    /// Most (rule, key) pairs of fleet-scope rules tracked per node.
+    pub max_keys: usize,
 }
 
 /// Limits on client requests (`[limits]`). pingora's own hard limits stay below them:
@@ -256,6 +288,8 @@ pub enum Backend {
         /// The file.
         path: PathBuf,
     },
+    /// Redis, shared by the fleet (settings in [`Config::fleet`]).
+    Redis,
 }
 
 /// The token ledger.

@@ -164,6 +164,23 @@ pub struct Rule {
     pub ban_for: Option<S<String>>,
     pub mode: Option<S<String>>,
     pub priority: Option<S<i64>>,
+    pub scope: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub redis_url: Option<S<String>>,
+    pub node: Option<S<String>>,
+    pub namespace: Option<S<String>>,
+    pub key_file: Option<S<String>>,
+    pub sync_interval: Option<S<String>>,
+    pub command_timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub min_replicas: Option<S<i64>>,
+    pub replica_timeout: Option<S<String>>,
+    pub stream_max_len: Option<S<i64>>,
+    pub max_keys: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

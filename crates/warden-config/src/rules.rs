@@ -18,6 +18,7 @@
 //! ban_for = "6h"                   # with action = "ban"
 //! mode = "enforce"                 # or "shadow"
 //! priority = 10                    # lower first among equally severe actions
+//! scope = "local"                  # or "fleet": counts shared by every node (fleet mode, count rules)
 //! ```
 
 use std::ops::Range;
@@ -26,7 +27,9 @@ use std::time::Duration;
 
 use toml::de::{DeTable, ValueDeserializer};
 use toml::Spanned;
-use warden_rules::{Action, Condition, Field, Match, Measure, Mode, PathPattern, RouteClass, Rule};
+use warden_rules::{
+    Action, Condition, Field, Match, Measure, Mode, PathPattern, RouteClass, Rule, Scope,
+};
 
 use crate::diag::{Diagnostic, Severity, Sink};
 use crate::raw;
@@ -345,12 +348,28 @@ fn compile_rule(sink: &mut Sink<'_>, r: &raw::Rule) -> Option<Rule> {
         ),
         None => Some(Mode::Enforce),
     };
+    let scope = match &r.scope {
+        Some(s) => values::one_of(
+            sink,
+            "scope",
+            s,
+            &[("local", Scope::Local), ("fleet", Scope::Fleet)],
+        ),
+        None => Some(Scope::Local),
+    };
+    if let (Some(Scope::Fleet), Some(Measure::Distinct(_)), Some(s)) = (scope, &measure, &r.scope) {
+        sink.warn(
+            s.span(),
+            format!("rule {name:?}: scope = \"fleet\" on a distinct rule: distinct counts are not shared between nodes, each node counts the values it sees (only count rules are fleet-wide)"),
+        );
+    }
     let errors = sink
         .diagnostics
         .iter()
         .filter(|d| d.severity == Severity::Error)
         .count();
-    let (Some(measure), Some(window), Some(action), Some(mode)) = (measure, window, action, mode)
+    let (Some(measure), Some(window), Some(action), Some(mode), Some(scope)) =
+        (measure, window, action, mode, scope)
     else {
         return None;
     };
@@ -372,6 +391,7 @@ fn compile_rule(sink: &mut Sink<'_>, r: &raw::Rule) -> Option<Rule> {
         action,
         mode,
         priority: r.priority.as_ref().map_or(0, |p| *p.get_ref()),
+        scope,
     };
     never_fires(sink, &rule, r.name.span());
     Some(rule)

@@ -488,3 +488,76 @@ fn work_stealing_is_off_unless_asked_for_and_must_be_a_boolean() {
         "{e:?}"
     );
 }
+
+#[test]
+fn fleet_section_selects_the_redis_ledger_and_reports_every_error_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("fleet.key"), "0123456789abcdef0123").expect("key");
+    std::fs::write(dir.path().join("short.key"), "tiny").expect("key");
+    let path = dir.path().join("w.toml");
+    let good = format!(
+        "{MIN}[fleet]\nredis_url = \"redis://10.0.0.5:6379/2\"\nnode = \"edge-1\"\nkey_file = \"fleet.key\"\n"
+    );
+    let l = compile_str(&path, &good).expect("fleet config compiles");
+    let f = l.config.fleet.expect("fleet");
+    assert_eq!(l.config.ledger.backend, Backend::Redis);
+    assert_eq!(f.node, "edge-1");
+    assert_eq!(f.namespace, "warden");
+    assert_eq!(f.sync_interval, Duration::from_millis(250));
+    assert_eq!(f.min_replicas, 0);
+
+    let bad = format!(
+        "{MIN}[ledger]\nbackend = \"embedded\"\n[fleet]\nredis_url = \"rediss://x:6380\"\nnode = \"a b\"\nkey_file = \"short.key\"\nsync_interval = \"1ms\"\nmin_replicas = -1\n"
+    );
+    let e: Vec<String> = compile_str(&path, &bad)
+        .expect_err("refused")
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(ToString::to_string)
+        .collect();
+    let want = [
+        (":4:11:", "fleet mode shares the ledger through Redis"),
+        (":6:13:", "TLS (rediss://) is not built in"),
+        (":7:8:", "fleet.node = \"a b\""),
+        (":8:12:", "holds 4 bytes"),
+        (":9:17:", "fleet.sync_interval = \"1ms\" is out of range"),
+        (":10:16:", "fleet.min_replicas = -1 is out of range"),
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for ((at, what), got) in want.iter().zip(&e) {
+        assert!(
+            got.contains(at) && got.contains(what),
+            "{got} lacks {at} {what}"
+        );
+    }
+    // Missing essentials are named.
+    let e = errs(&format!("{MIN}[fleet]\nnode = \"a\"\n"));
+    assert!(e.iter().any(|m| m.contains("needs redis_url")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("needs key_file")), "{e:?}");
+    // A redis ledger without [fleet].
+    let e = errs(&format!("{MIN}[ledger]\nbackend = \"redis\"\n"));
+    assert!(e[0].contains("needs a [fleet] section"), "{e:?}");
+}
+
+#[test]
+fn rule_scope_is_checked_and_distinct_fleet_rules_are_warned_about() {
+    let base = "[[rules]]\nname = \"r\"\nkey = [\"ip\"]\nwindow = \"1m\"\nthreshold = 5\naction = \"block\"\n";
+    let (rules, d) = rule_diags(&format!("{base}scope = \"fleet\"\n"));
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(rules[0].rule.scope, warden_rules::Scope::Fleet);
+    let (rules, d) = rule_diags(&format!("{base}scope = \"global\"\n"));
+    assert!(rules.is_empty());
+    assert!(
+        d[0].contains("r.toml:7:9: error: scope = \"global\" is not one of: local, fleet"),
+        "{d:?}"
+    );
+    let (_, d) = rule_diags(&format!(
+        "{base}measure = \"distinct\"\ndistinct = \"account\"\nscope = \"fleet\"\n"
+    ));
+    assert!(
+        d.iter()
+            .any(|m| m.contains("warning")
+                && m.contains("distinct counts are not shared between nodes")),
+        "{d:?}"
+    );
+}

@@ -351,6 +351,51 @@ impl Verifier {
         }
     }
 
+    /// Drops cached tokens that any of `revocations` covers, from both caches; returns
+    /// how many. The proxy asks the ledger on every request, cached or not, so this is
+    /// not what refuses a revoked token: it keeps the caches from holding tokens that
+    /// can no longer pass (fleet mode calls it for revocations made on other nodes too).
+    /// One walk over the caches for the whole batch (hash lookups per cached token), so
+    /// a burst of revocations costs one walk, not one each.
+    pub fn forget_revoked(&self, revocations: &[crate::ledger::Revocation]) -> usize {
+        use crate::ledger::Revocation;
+        use std::collections::{HashMap, HashSet};
+        let mut ids = HashSet::new();
+        let mut accounts: HashMap<&str, u64> = HashMap::new();
+        let mut kids = HashSet::new();
+        for r in revocations {
+            match r {
+                Revocation::Token(id) => {
+                    ids.insert(*id);
+                }
+                Revocation::Account { account, at } => {
+                    let cut = accounts.entry(account.as_str()).or_insert(*at);
+                    *cut = (*cut).max(*at);
+                }
+                Revocation::Kid(kid) => {
+                    kids.insert(kid.as_str());
+                }
+            }
+        }
+        if revocations.is_empty() {
+            return 0;
+        }
+        let covered = |v: &Verified| {
+            ids.contains(&v.id)
+                || kids.contains(&*v.kid)
+                || accounts
+                    .get(&*v.account)
+                    .is_some_and(|at| v.issued_at.is_none_or(|iat| iat <= *at))
+        };
+        let before = self.cache.len() + self.unconfirmed.len();
+        self.cache.retain(|_, v| !covered(v));
+        self.unconfirmed.retain(|_, v| !covered(v));
+        self.cached.store(self.cache.len(), Ordering::Relaxed);
+        self.unconfirmed_len
+            .store(self.unconfirmed.len(), Ordering::Relaxed);
+        before.saturating_sub(self.cache.len() + self.unconfirmed.len())
+    }
+
     /// Tokens in the cache.
     #[must_use]
     pub fn cache_len(&self) -> usize {

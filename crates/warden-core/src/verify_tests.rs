@@ -366,3 +366,29 @@ fn minted_tokens_cannot_crowd_out_confirmed_ones() {
     assert_eq!(v.cache_len(), 1);
     assert!(v.verify(&good, NOW).expect("verifies").confirmed);
 }
+
+#[test]
+fn forget_revoked_drops_only_covered_tokens_from_the_caches() {
+    use crate::ledger::Revocation;
+    let v = verifier();
+    let t1 = mint(SampleKey::Hs, "hs", &claims("f-1")).expect("mint");
+    let t2 = mint(SampleKey::Hs, "hs", &claims("f-2")).expect("mint");
+    for t in [&t1, &t2] {
+        let c = v.verify(t, NOW).expect("verifies");
+        assert_eq!(v.conclude(&c, Answer::Issued), Reason::Ok);
+    }
+    assert_eq!(v.cache_len(), 2);
+    let gone = v.forget_revoked(&[Revocation::Token(crate::ledger::TokenId::from_jti("f-1"))]);
+    assert_eq!(gone, 1);
+    assert_eq!(v.cache_len(), 1);
+    assert!(!v.verify(&t1, NOW).expect("verifies").cached);
+    assert!(v.verify(&t2, NOW).expect("verifies").cached);
+    // By account, with a cut-off before the tokens' iat: nothing goes.
+    let none = v.forget_revoked(&[Revocation::Account {
+        account: "alice".into(),
+        at: NOW - 20,
+    }]);
+    assert_eq!(none, 0);
+    assert_eq!(v.forget_revoked(&[Revocation::Kid("hs".into())]), 1);
+    assert_eq!(v.cache_len(), 0);
+}

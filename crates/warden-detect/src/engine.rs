@@ -31,8 +31,9 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use siphasher::sip::SipHasher13;
 use warden_core::ledger::TokenId;
-use warden_rules::{Action, Condition, Field, Measure, Mode, RouteClass, Rule};
+use warden_rules::{Action, Condition, Field, Measure, Mode, RouteClass, Rule, Scope};
 
+use crate::fleet::{FleetNote, FleetState};
 use crate::state::{GroupMap, Slot, MAX_SLOTS};
 use crate::window::SlidingCount;
 
@@ -170,6 +171,8 @@ struct Compiled {
     /// Route classes it applies to, as bits (see [`class_bit`]).
     classes: u8,
     top: Arc<TopOffenders>,
+    /// A count rule of fleet scope: the other nodes' counts are added to its estimate.
+    fleet: bool,
 }
 
 /// The state of the rules sharing a key, one entry per key value.
@@ -307,6 +310,8 @@ pub struct Engine {
     /// set exactly by a walk over the bans): [`Engine::sweep`] walks the bans only once
     /// one may have ended, not on every call.
     next_ban_end_ms: AtomicU64,
+    /// Fleet mode: other nodes' counts and the bans to tell them about.
+    fleet: std::sync::OnceLock<Arc<FleetState>>,
 }
 
 /// How often [`Engine::sweep`] walks the tables for idle keys.
@@ -336,6 +341,15 @@ impl Engine {
         if getrandom::fill(&mut seed).is_err() {
             seed = *b"warden-detect-k!";
         }
+        Self::with_key(max_state_bytes, max_bans, seed)
+    }
+
+    /// An engine with no rules whose key hashes use a given 128-bit key. Fleet mode
+    /// gives every node the same (secret) key, so that a key's hash, a ban's id and a
+    /// fleet counter's name are the same on every node; otherwise [`Engine::new`] draws
+    /// one at random, which an attacker cannot aim hash collisions at.
+    #[must_use]
+    pub fn with_key(max_state_bytes: usize, max_bans: usize, seed: [u8; 16]) -> Self {
         Self {
             set: ArcSwap::from_pointee(RuleSet::default()),
             bans: DashMap::new(),
@@ -351,7 +365,83 @@ impl Engine {
             idle_sweep_ms: AtomicU64::new(IDLE_SWEEP_MS),
             manual_name: Arc::from(MANUAL_NAME),
             next_ban_end_ms: AtomicU64::new(u64::MAX),
+            fleet: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns fleet mode on: fleet-scope count rules add the other nodes' counts from
+    /// `state`, and bans placed or lifted here are noted for the fleet. Once only;
+    /// returns `false` if fleet mode was already on.
+    pub fn attach_fleet(&self, state: Arc<FleetState>) -> bool {
+        self.fleet.set(state).is_ok()
+    }
+
+    /// The fleet state, in fleet mode.
+    #[must_use]
+    pub fn fleet(&self) -> Option<&Arc<FleetState>> {
+        self.fleet.get()
+    }
+
+    /// Applies a ban another node placed (not noted back to the fleet). A rule ban
+    /// whose rule (by state fingerprint) is not in force here is ignored and `false`
+    /// returned: the nodes of a fleet are meant to run the same rules.
+    pub fn apply_fleet_ban(
+        &self,
+        scope: BanScope,
+        key: u64,
+        placed_ms: u64,
+        until_ms: u64,
+        display: &str,
+    ) -> bool {
+        let name = if scope == MANUAL {
+            Arc::clone(&self.manual_name)
+        } else {
+            match self
+                .set
+                .load()
+                .rules
+                .iter()
+                .find(|c| c.fingerprint == scope)
+            {
+                Some(c) => Arc::clone(&c.name),
+                None => return false,
+            }
+        };
+        if self.ban_count.load(Ordering::Relaxed) >= self.max_bans
+            && !self.bans.contains_key(&(scope, key))
+        {
+            return false;
+        }
+        let newer = self
+            .bans
+            .get(&(scope, key))
+            .is_some_and(|b| b.until_ms >= until_ms);
+        if !newer {
+            self.bans.insert(
+                (scope, key),
+                Ban {
+                    until_ms,
+                    placed_ms,
+                    rule: name,
+                    key: display.to_owned(),
+                },
+            );
+        }
+        self.recount_bans();
+        true
+    }
+
+    /// Lifts a ban another node lifted (not noted back); see [`Engine::lift`].
+    pub fn lift_fleet(&self, id: &str) -> bool {
+        self.lift_inner(id)
+    }
+
+    fn recount_bans(&self) {
+        self.manual_bans.store(
+            self.bans.iter().filter(|e| e.key().0 == MANUAL).count(),
+            Ordering::Relaxed,
+        );
+        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
     }
 
     /// Installs a rule set. Rules whose state fingerprint (name, key, measure, window,
@@ -394,6 +484,7 @@ impl Engine {
                             .fold(0, |m, c| m | class_bit(*c))
                     },
                     top,
+                    fleet: rule.scope == Scope::Fleet && rule.measure == Measure::Count,
                     rule,
                 }
             })
@@ -580,6 +671,14 @@ impl Engine {
             if heap != 0 {
                 g.state.heap.fetch_add(heap, Ordering::Relaxed);
             }
+            if let Some(fleet) = self.fleet.get() {
+                for (j, &(slot, _)) in todo[..n].iter().enumerate() {
+                    let c = &set.rules[g.members[slot]];
+                    if let (true, Some(e)) = (c.fleet, estimates[j].as_mut()) {
+                        *e += fleet.observe(c.fingerprint, key, f.now_ms, c.window_ms);
+                    }
+                }
+            }
             for (j, &(slot, _)) in todo[..n].iter().enumerate() {
                 let ri = g.members[slot];
                 let c = &set.rules[ri];
@@ -697,13 +796,24 @@ impl Engine {
         if self.ban_count.load(Ordering::Relaxed) >= self.max_bans {
             return false;
         }
+        let display = display();
+        if let Some(fleet) = self.fleet.get() {
+            fleet.note(FleetNote::Ban {
+                scope,
+                key,
+                placed_ms: now_ms,
+                until_ms,
+                rule: Arc::clone(rule),
+                display: display.clone(),
+            });
+        }
         self.bans.insert(
             (scope, key),
             Ban {
                 until_ms,
                 placed_ms: now_ms,
                 rule: Arc::clone(rule),
-                key: display(),
+                key: display,
             },
         );
         self.next_ban_end_ms.fetch_min(until_ms, Ordering::Relaxed);
@@ -721,6 +831,16 @@ impl Engine {
     ) -> Result<String, String> {
         let key = self.manual_key(field, value)?;
         let display = format!("{}={value}", field.name());
+        if let Some(fleet) = self.fleet.get() {
+            fleet.note(FleetNote::Ban {
+                scope: MANUAL,
+                key,
+                placed_ms: now_ms,
+                until_ms,
+                rule: Arc::clone(&self.manual_name),
+                display: display.clone(),
+            });
+        }
         self.bans.insert(
             (MANUAL, key),
             Ban {
@@ -783,6 +903,16 @@ impl Engine {
     /// key starts clean instead of being banned again by its next request. Returns
     /// whether a ban was lifted.
     pub fn lift(&self, id: &str) -> bool {
+        let lifted = self.lift_inner(id);
+        if lifted {
+            if let Some(fleet) = self.fleet.get() {
+                fleet.note(FleetNote::Lift { id: id.to_owned() });
+            }
+        }
+        lifted
+    }
+
+    fn lift_inner(&self, id: &str) -> bool {
         let Some((scope, key)) = parse_ban_id(id) else {
             return false;
         };

@@ -21,6 +21,7 @@
 //!     action: Action::Ban(Duration::from_secs(600)),
 //!     mode: Mode::Enforce,
 //!     priority: 0,
+//!     scope: Scope::Local,
 //! }], 64 << 20);
 //! let facts = |account, now_ms| Facts {
 //!     now_ms, class: RouteClass::Protected, route: None, method: "GET", path: "/account/x",
@@ -43,6 +44,7 @@
 
 pub mod distinct;
 mod engine;
+pub mod fleet;
 pub mod snapshot;
 mod state;
 mod table;

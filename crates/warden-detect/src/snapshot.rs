@@ -60,6 +60,10 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
+    /// Made by an engine with another hash key, where the key must stay (fleet mode:
+    /// the fleet's shared key changed, or the snapshot predates fleet mode).
+    #[error("snapshot made with another engine key (fleet.key_file changed, or the snapshot predates fleet mode): its keys would not match the other nodes'")]
+    OtherKey,
     /// Not a snapshot at all.
     #[error("not a warden state snapshot (it starts with {found:02x?}, expected {MAGIC:02x?})")]
     Magic {

@@ -30,6 +30,7 @@ fn rule(
         action,
         mode: Mode::Enforce,
         priority: 0,
+        scope: warden_rules::Scope::Local,
     }
 }
 
@@ -437,4 +438,39 @@ fn files_are_replaced_atomically_and_a_missing_one_is_no_error() {
     // A directory where the file should be: an error naming the path.
     let err = write_file(dir.path(), b"x").expect_err("a directory");
     assert!(err.to_string().contains(&dir.path().display().to_string()));
+}
+
+#[test]
+fn an_engine_with_a_given_key_restores_only_snapshots_made_with_that_key() {
+    let keyed = |key: [u8; 16]| {
+        let e = Engine::with_key(64 * MIB, 1000, key);
+        e.set_rules(probes(), 64 * MIB);
+        e
+    };
+    let fleet = keyed(*b"fleet-key-012345");
+    busy(&fleet);
+    let same = fleet.snapshot(T0 + 5_000);
+    // A node of the same fleet takes it.
+    let b = keyed(*b"fleet-key-012345");
+    let got = b.restore_same_key(&same, T0 + 6_000).expect("same key");
+    assert!(got.slots > 0);
+    assert_eq!(b.tracked_keys(), fleet.tracked_keys());
+    // A snapshot from before fleet mode (a random key), or from another fleet key, is
+    // refused whole: the engine keeps its key and no state.
+    let single = engine(probes());
+    busy(&single);
+    let c = keyed(*b"fleet-key-012345");
+    assert!(matches!(
+        c.restore_same_key(&single.snapshot(T0 + 5_000), T0 + 6_000),
+        Err(SnapshotError::OtherKey)
+    ));
+    assert_eq!(c.tracked_keys(), 0);
+    let d = keyed(*b"another-fleet-99");
+    assert!(matches!(
+        d.restore_same_key(&same, T0 + 6_000),
+        Err(SnapshotError::OtherKey)
+    ));
+    // Without the requirement the snapshot's key is taken, as on a single node.
+    let e = keyed(*b"another-fleet-99");
+    assert!(e.restore(&same, T0 + 6_000).is_ok());
 }

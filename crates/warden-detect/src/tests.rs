@@ -4,7 +4,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use warden_core::ledger::TokenId;
-use warden_rules::{Action, Condition, Field, Match, Measure, Mode, PathPattern, RouteClass, Rule};
+use warden_rules::{
+    Action, Condition, Field, Match, Measure, Mode, PathPattern, RouteClass, Rule, Scope,
+};
 
 use crate::{Decision, Engine, Facts, Lookup, Nothing};
 
@@ -30,6 +32,7 @@ fn rule(
         action,
         mode: Mode::Enforce,
         priority: 0,
+        scope: Scope::Local,
     }
 }
 
@@ -949,4 +952,87 @@ fn hits_carry_the_key_digest() {
     assert_eq!(ids[0], ids[2]);
     assert_eq!(ids[1], ids[3]);
     assert_ne!(ids[0], ids[1]);
+}
+
+/// Two nodes of a fleet, wired by hand the way the Redis synchronizer wires them: same
+/// hash key, each pushing its deltas and reading the other's.
+#[test]
+fn fleet_scope_counts_add_the_other_nodes_and_bans_travel_by_note() {
+    use crate::fleet::{FleetNote, FleetState};
+    use std::sync::Arc;
+    let key = *b"fleet-shared-key";
+    let mk = |scope| {
+        let e = Engine::with_key(64 * MIB, 1000, key);
+        let mut r = rule("r", vec![Field::Ip], Measure::Count, 60, 10, Action::Block);
+        r.scope = scope;
+        e.set_rules(vec![r], 64 * MIB);
+        let f = Arc::new(FleetState::new(1000));
+        assert!(e.attach_fleet(Arc::clone(&f)));
+        (e, f)
+    };
+    for (scope, caught) in [(Scope::Fleet, true), (Scope::Local, false)] {
+        let (a, fa) = mk(scope);
+        let (b, fb) = mk(scope);
+        let req = Req::new("192.0.2.7", "x");
+        let mut refused = false;
+        // What each node has pushed so far (the Redis hash, one field per node).
+        let (mut pushed_a, mut pushed_b) = (0u32, 0u32);
+        for i in 0..20u64 {
+            let now = T0 + i * 10;
+            let node = if i % 2 == 0 { &a } else { &b };
+            refused |= eval(node, &req, now).decision != Decision::Pass;
+            // A sync after every pair of requests: each node pushes its deltas and reads
+            // the other's total.
+            if i % 2 == 1 {
+                let (sa, sb) = (fa.take_sync(now, 100), fb.take_sync(now, 100));
+                let sum = |s: &[crate::fleet::SyncItem]| -> u32 {
+                    s.iter().flat_map(|x| x.deltas.iter().map(|d| d.1)).sum()
+                };
+                pushed_a += sum(&sa);
+                pushed_b += sum(&sb);
+                for it in &sa {
+                    fa.set_remote(it.rule, it.key, it.epoch, 0, pushed_b);
+                }
+                for it in &sb {
+                    fb.set_remote(it.rule, it.key, it.epoch, 0, pushed_a);
+                }
+            }
+        }
+        // Fleet scope: 20 requests > 10. Local scope: 10 per node, never over 10.
+        assert_eq!(refused, caught, "scope {scope:?}");
+    }
+    // A manual ban on one node is noted for the fleet, and applies on another node with
+    // the same id.
+    let (a, fa) = mk(Scope::Fleet);
+    let (b, _) = mk(Scope::Fleet);
+    let id = a
+        .ban_manual(&Field::Ip, "192.0.2.9", T0, T0 + 60_000)
+        .expect("ban");
+    let notes = fa.take_notes();
+    let Some(FleetNote::Ban {
+        scope,
+        key,
+        placed_ms,
+        until_ms,
+        display,
+        ..
+    }) = notes.first()
+    else {
+        panic!("no ban note: {notes:?}");
+    };
+    assert!(b.apply_fleet_ban(*scope, *key, *placed_ms, *until_ms, display));
+    let req = Req::new("192.0.2.9", "y");
+    assert!(matches!(
+        eval(&b, &req, T0 + 1).decision,
+        Decision::Banned { .. }
+    ));
+    assert_eq!(b.bans(T0 + 1)[0].0, id);
+    // Lifting on a node notes it; applying the lift elsewhere frees the address.
+    assert!(b.lift_fleet(&id));
+    assert_eq!(eval(&b, &req, T0 + 2).decision, Decision::Pass);
+    assert!(a.lift(&id));
+    assert!(matches!(
+        fa.take_notes().as_slice(),
+        [FleetNote::Lift { .. }]
+    ));
 }

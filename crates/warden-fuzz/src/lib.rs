@@ -200,6 +200,7 @@ pub fn snapshot_rules() -> Vec<warden_rules::Rule> {
         action,
         mode: Mode::Enforce,
         priority: 0,
+        scope: warden_rules::Scope::Local,
     };
     vec![
         rule("count-ip", Field::Ip, Measure::Count, 50, Action::Block),

@@ -144,6 +144,69 @@ pub struct Metrics {
     pub state_evictions: IntCounter,
     /// Webhook counters.
     pub webhook: WebhookCounters,
+    /// Fleet mode (Redis) counters; they stay at zero on a single node.
+    pub fleet: FleetCounters,
+}
+
+/// Redis operations, the `op` label of `warden_fleet_redis_errors_total`.
+pub const FLEET_OPS: [&str; 6] = ["lookup", "record", "revoke", "stream", "sync", "publish"];
+/// What a node applied from the fleet stream, the `kind` label.
+pub const FLEET_APPLIED: [&str; 3] = ["revocation", "ban", "lift"];
+
+/// A Redis operation of fleet mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetOp {
+    /// A ledger lookup that missed the local index.
+    Lookup = 0,
+    /// A ledger write.
+    Record = 1,
+    /// A revocation.
+    Revoke = 2,
+    /// Reading the revocation and ban stream.
+    Stream = 3,
+    /// Pushing and reading fleet-scope counters.
+    Sync = 4,
+    /// Publishing this node's bans.
+    Publish = 5,
+}
+
+/// What was applied from the fleet stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetApplied {
+    /// A revocation (token, account or key id).
+    Revocation = 0,
+    /// A ban placed on another node.
+    Ban = 1,
+    /// A ban lifted on another node.
+    Lift = 2,
+}
+
+/// Fleet mode's metrics.
+pub struct FleetCounters {
+    errors: Vec<IntCounter>,
+    applied: Vec<IntCounter>,
+    /// 1 after a failed Redis exchange, until one succeeds; 0 otherwise (and always 0
+    /// on a node not in fleet mode).
+    pub redis_down: IntGauge,
+    /// Seconds since this node's fleet view was last refreshed (the older of the last
+    /// stream read and the last counter sync).
+    pub sync_lag_seconds: prometheus::Gauge,
+}
+
+impl FleetCounters {
+    /// Counts a failed Redis operation.
+    pub fn error(&self, op: FleetOp) {
+        if let Some(c) = self.errors.get(op as usize) {
+            c.inc();
+        }
+    }
+
+    /// Counts entries applied from the stream.
+    pub fn applied(&self, kind: FleetApplied, n: u64) {
+        if let Some(c) = self.applied.get(kind as usize) {
+            c.inc_by(n);
+        }
+    }
 }
 
 /// Decision label values, indexed by [`DecisionKind`].
@@ -359,6 +422,30 @@ impl Metrics {
                     "warden_webhook_dropped_total",
                     "Events not delivered to the webhook: queue full, or every attempt failed.",
                 ),
+            },
+            fleet: FleetCounters {
+                errors: counter_vec(
+                    &r,
+                    "warden_fleet_redis_errors_total",
+                    "Fleet mode: Redis operations that failed or timed out, by operation.",
+                    "op",
+                    &FLEET_OPS,
+                ),
+                applied: counter_vec(
+                    &r,
+                    "warden_fleet_stream_applied_total",
+                    "Fleet mode: revocations and bans made on other nodes and applied here, by kind.",
+                    "kind",
+                    &FLEET_APPLIED,
+                ),
+                redis_down: gauge(&r, "warden_fleet_redis_down", "Fleet mode: 1 after a failed Redis exchange until one succeeds, else 0 (always 0 outside fleet mode)."),
+                sync_lag_seconds: {
+                    let name = "warden_fleet_sync_lag_seconds";
+                    let g = prometheus::Gauge::new(name, "Fleet mode: seconds since this node's view of the fleet (stream and counters) was last refreshed.")
+                        .unwrap_or_else(|e| panic_metric(name, &e));
+                    register(&r, name, Box::new(g.clone()));
+                    g
+                },
             },
             registry: r,
         }

@@ -113,12 +113,27 @@ impl Shared {
         metrics: Arc<Metrics>,
         events: Arc<Events>,
     ) -> Self {
+        Self::with_engine_key(config, verifier, ledger, metrics, events, None)
+    }
+
+    /// [`Shared::new`] with the rule engine's hash key given (fleet mode: the fleet's
+    /// shared key, so that bans and counters match across nodes) instead of drawn.
+    #[must_use]
+    pub fn with_engine_key(
+        config: &Config,
+        verifier: Arc<Verifier>,
+        ledger: Arc<dyn Ledger>,
+        metrics: Arc<Metrics>,
+        events: Arc<Events>,
+        engine_key: Option<[u8; 16]>,
+    ) -> Self {
         metrics.config_generation.set(1);
         verifier.keep_claims(claims_used(&config.rules.list));
-        let engine = Arc::new(Engine::new(
-            config.rules.max_state_bytes,
-            config.rules.max_bans,
-        ));
+        let (state, bans) = (config.rules.max_state_bytes, config.rules.max_bans);
+        let engine = Arc::new(match engine_key {
+            Some(key) => Engine::with_key(state, bans, key),
+            None => Engine::new(state, bans),
+        });
         engine.set_rules(config.rules.list.clone(), config.rules.max_state_bytes);
         metrics.declare_rules(config.rules.list.iter().map(|r| r.name.as_str()));
         Self {

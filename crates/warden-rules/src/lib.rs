@@ -228,6 +228,28 @@ impl Mode {
     }
 }
 
+/// Where a rule's counts live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Counted by each node on its own (the default).
+    #[default]
+    Local,
+    /// Counted across the fleet: each node adds the other nodes' counts, synchronized
+    /// through Redis every sync interval (fleet mode only; count rules only).
+    Fleet,
+}
+
+impl Scope {
+    /// The name used in rule files.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Fleet => "fleet",
+        }
+    }
+}
+
 /// Which requests a rule looks at. Empty lists match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Match {
@@ -264,6 +286,8 @@ pub struct Rule {
     pub mode: Mode,
     /// Order among rules of equal action severity (lower first).
     pub priority: i64,
+    /// Node-local or fleet-wide counts.
+    pub scope: Scope,
 }
 
 impl Rule {
@@ -324,6 +348,7 @@ mod tests {
             action: Action::Block,
             mode: Mode::Enforce,
             priority: 0,
+            scope: Scope::Local,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Lifecycle {
     shared: Arc<Shared>,
     path: Option<PathBuf>,
     interval: Duration,
+    /// The engine's hash key is set from outside (fleet mode): a snapshot made with
+    /// another key is not restored.
+    same_key: bool,
     /// Set once this process has handed over (no more snapshots from here).
     handed_over: AtomicBool,
     /// One snapshot write at a time.
@@ -46,9 +49,18 @@ impl Lifecycle {
             shared,
             path: state.snapshot_path.clone(),
             interval: state.snapshot_interval,
+            same_key: false,
             handed_over: AtomicBool::new(false),
             writing: Mutex::new(()),
         }
+    }
+
+    /// With `yes`, a snapshot made with another engine key than the engine's own is
+    /// refused (fleet mode, where every node hashes with the fleet's key).
+    #[must_use]
+    pub fn keeping_engine_key(mut self, yes: bool) -> Self {
+        self.same_key = yes;
+        self
     }
 
     /// Restores the snapshot into the engine, if there is one. Never fails start-up: a
@@ -71,7 +83,12 @@ impl Lifecycle {
                 return;
             }
         };
-        match self.shared.engine.restore(&bytes, unix_now_ms()) {
+        let restored = if self.same_key {
+            self.shared.engine.restore_same_key(&bytes, unix_now_ms())
+        } else {
+            self.shared.engine.restore(&bytes, unix_now_ms())
+        };
+        match restored {
             Ok(r) => log::info!(
                 "state snapshot {} restored (taken {} ms ago): {} keys, {} rule slots, {} bans; left behind: {} slots (rule changed, gone or window passed), {} bans (ended or rule gone)",
                 path.display(),

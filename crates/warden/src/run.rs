@@ -17,6 +17,7 @@ use warden_config::model::{Backend, Config};
 use warden_core::keys::KeyRegistry;
 use warden_core::ledger::Ledger;
 use warden_core::verify::Verifier;
+use warden_fleet::FleetNode;
 use warden_ledger_redb::EmbeddedLedger;
 use warden_metrics::{Events, Metrics, WebhookConfig};
 use warden_proxy::{unix_now, Maintenance, Shared, WardenProxy};
@@ -95,6 +96,10 @@ pub fn open_ledger(
         }
         .map(Arc::new)
         .map_err(|e| e.to_string()),
+        Backend::Redis => Err(
+            "this configuration is in fleet mode: the ledger is in Redis; record and revoke through the admin API of any node"
+                .to_owned(),
+        ),
     }
 }
 
@@ -133,6 +138,26 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         Ok(v) => Arc::new(v),
         Err(e) => return fail("keys", &e),
     };
+    let metrics = Arc::new(Metrics::new());
+    // Fleet mode: the ledger is Redis, and the engine's hash key is the fleet's.
+    let (fleet, engine_key) = match &config.fleet {
+        Some(f) => {
+            let key = match warden_fleet::engine_key(&f.key_file) {
+                Ok(k) => k,
+                Err(e) => return fail("fleet", &e),
+            };
+            match FleetNode::new(
+                f,
+                &config.ledger,
+                Arc::clone(&verifier),
+                Arc::clone(&metrics),
+            ) {
+                Ok(node) => (Some(node), Some(key)),
+                Err(e) => return fail("fleet", &e),
+            }
+        }
+        None => (None, None),
+    };
     let admin_token = match &config.admin.token_file {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) if t.trim().chars().count() >= MIN_ADMIN_TOKEN_CHARS => Some(t),
@@ -150,7 +175,6 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         },
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
     let ev = &config.events;
     let events = Events::start(ev.file.as_deref(), ev.queue, metrics.events_dropped.clone())
         .and_then(|e| match &ev.webhook {
@@ -189,19 +213,30 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
 
     // The old process of an upgrade releases the ledger when it gets SIGQUIT (after
     // writing its snapshot): wait for it, then restore that snapshot.
-    let ledger: Arc<dyn Ledger> = match open_ledger(&config, upgrade.then_some(HANDOVER_WAIT)) {
-        Ok(l) => l,
-        Err(e) => return fail("ledger", &e),
+    // (In fleet mode the ledger is Redis: nothing to wait for.)
+    let ledger: Arc<dyn Ledger> = match &fleet {
+        Some(node) => node.ledger(),
+        None => match open_ledger(&config, upgrade.then_some(HANDOVER_WAIT)) {
+            Ok(l) => l,
+            Err(e) => return fail("ledger", &e),
+        },
     };
-    let shared = Arc::new(Shared::new(
+    let shared = Arc::new(Shared::with_engine_key(
         &config,
         verifier,
         ledger,
         Arc::clone(&metrics),
         events,
+        engine_key,
     ));
-    let lifecycle = Arc::new(Lifecycle::new(Arc::clone(&shared), &config.state));
+    let lifecycle = Arc::new(
+        Lifecycle::new(Arc::clone(&shared), &config.state).keeping_engine_key(fleet.is_some()),
+    );
     lifecycle.restore();
+    // The fleet's synchronizer starts on the restored engine.
+    if let Some(node) = &fleet {
+        node.start(Arc::clone(&shared.engine));
+    }
     // Sockets, ledger and state are ours: `warden upgrade` takes this as the hand-over.
     crate::lifecycle::write_pid_file(&config.server.pid_file);
 

@@ -313,3 +313,61 @@ fn simulate_writes_what_check_ledger_import_and_replay_accept() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target \"client\""));
 }
+
+#[test]
+fn check_validates_fleet_mode_and_says_which_rules_stay_node_local() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("fleet.key"), "0123456789abcdef0123456789").expect("key");
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[[rules]]\nname = \"ips\"\nkey = [\"ip\"]\nwindow = \"1m\"\nthreshold = 100\naction = \"block\"\nscope = \"fleet\"\n\n[[rules]]\nname = \"accounts\"\nclasses = [\"protected\"]\nkey = [\"ip\"]\nmeasure = \"distinct\"\ndistinct = \"account\"\nwindow = \"1h\"\nthreshold = 50\naction = \"block\"\nscope = \"fleet\"\n",
+    )
+    .expect("rules");
+    let conf = dir.path().join("warden.toml");
+    let base = "[upstream]\npeers = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"a\"\nclass = \"protected\"\npaths = [\"/a/*\"]\n[rules]\nfiles = [\"rules.toml\"]\n";
+    std::fs::write(
+        &conf,
+        format!("{base}[fleet]\nredis_url = \"redis://127.0.0.1:6379/0\"\nnode = \"n1\"\nkey_file = \"fleet.key\"\n"),
+    )
+    .expect("config");
+    let out = warden().arg("check").arg(&conf).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The distinct rule stays node-local, and check says so; the count rule does not warn.
+    assert!(
+        stderr.contains(
+            "rules.toml:18:9: warning: rule \"accounts\": scope = \"fleet\" on a distinct rule"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("rule \"ips\""), "{stderr}");
+
+    // Without [fleet], a fleet-scope rule counts on this node only: a warning.
+    std::fs::write(&conf, base).expect("config");
+    let out = warden().arg("check").arg(&conf).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rule \"ips\" has scope = \"fleet\" but there is no [fleet] section"),
+        "{stderr}"
+    );
+
+    // A broken [fleet] section: every error, with its place, and run refuses it too.
+    std::fs::write(
+        &conf,
+        format!("{base}[fleet]\nredis_url = \"http://127.0.0.1:6379\"\nkey_file = \"missing.key\"\nnode = \"n1\"\n"),
+    )
+    .expect("config");
+    let out = warden().arg("check").arg(&conf).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            ":10:13: error: fleet.redis_url = \"http://127.0.0.1:6379\" is not a Redis URL"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":11:12: error: fleet.key_file: cannot read"),
+        "{stderr}"
+    );
+}

@@ -121,7 +121,33 @@ impl Engine {
     /// start, after [`Engine::set_rules`], before serving). The whole file is checked
     /// before anything is applied: on any error the engine is left as it was.
     pub fn restore(&self, bytes: &[u8], now_ms: u64) -> Result<Restored, SnapshotError> {
+        self.restore_with(bytes, now_ms, false)
+    }
+
+    /// [`Engine::restore`] for an engine whose hash key was given from outside
+    /// ([`Engine::with_key`]; fleet mode: the fleet's shared key): a snapshot made with
+    /// another key is refused whole ([`SnapshotError::OtherKey`]), because its digests,
+    /// ban ids and counter names would no longer match the other nodes'.
+    pub fn restore_same_key(&self, bytes: &[u8], now_ms: u64) -> Result<Restored, SnapshotError> {
+        self.restore_with(bytes, now_ms, true)
+    }
+
+    fn restore_with(
+        &self,
+        bytes: &[u8],
+        now_ms: u64,
+        same_key: bool,
+    ) -> Result<Restored, SnapshotError> {
         let saved = decode(bytes)?;
+        if same_key
+            && saved.key
+                != [
+                    self.key[0].load(Ordering::Relaxed),
+                    self.key[1].load(Ordering::Relaxed),
+                ]
+        {
+            return Err(SnapshotError::OtherKey);
+        }
         let (keys, bans) = (self.tracked_keys(), self.bans.len());
         if keys > 0 || bans > 0 {
             return Err(SnapshotError::NotEmpty { keys, bans });

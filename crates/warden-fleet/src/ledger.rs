@@ -1,0 +1,341 @@
+//! The token ledger in Redis, with a local index in front (see the crate docs).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use dashmap::DashMap;
+use warden_core::ledger::{
+    Answer, Ledger, LedgerStats, MemIndex, Query, Record, RecordView, Revocation, TokenId,
+};
+use warden_core::LedgerError;
+use warden_metrics::FleetOp;
+
+use crate::{now_ms, Inner};
+
+/// Marks a record revoked if it exists; returns 1 if it did.
+const REVOKE_TOKEN: &str =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'r', '1') return 1 else return 0 end";
+/// Raises an account's revocation cut-off (never lowers it).
+const REVOKE_ACCOUNT: &str = "local c = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
+     if tonumber(ARGV[2]) > c then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
+
+/// How long a token revocation is remembered apart from the index (seconds): a lookup
+/// that read the record from Redis just before the revocation and fills the index just
+/// after must not bring it back unrevoked.
+const RECENT_REVOKED_SECONDS: u64 = 60;
+
+/// The Redis-backed ledger. Built by [`crate::FleetNode::new`].
+pub struct RedisLedger {
+    inner: Arc<Inner>,
+    /// Swapped for an empty one when the stream was trimmed past what this node read.
+    index: ArcSwap<MemIndex>,
+    recent_revoked: DashMap<TokenId, u64>,
+}
+
+fn unavailable(e: String) -> LedgerError {
+    LedgerError::Unavailable(e)
+}
+
+impl RedisLedger {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Self {
+            inner,
+            index: ArcSwap::from_pointee(MemIndex::new()),
+            recent_revoked: DashMap::new(),
+        }
+    }
+
+    /// Applies a revocation to this node's index and recently-revoked set (the
+    /// verifier's caches: [`RedisLedger::forget_cached`]).
+    pub(crate) fn apply_index(&self, r: &Revocation) -> u64 {
+        if let Revocation::Token(id) = r {
+            self.recent_revoked.insert(*id, now_ms() / 1000);
+        }
+        self.index.load().revoke(r)
+    }
+
+    /// Drops the tokens these revocations cover from the verifier's caches, in one walk.
+    pub(crate) fn forget_cached(&self, rs: &[Revocation]) {
+        self.inner.verifier.forget_revoked(rs);
+    }
+
+    /// Replaces the index with an empty one (it refills from Redis on lookups).
+    pub(crate) fn reset_index(&self) {
+        self.index.store(Arc::new(MemIndex::new()));
+    }
+
+    /// A record's fields as stored, or `None` if Redis has none.
+    fn parse(id: TokenId, h: &HashMap<String, String>) -> Result<Option<RecordView>, LedgerError> {
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let bad = |what: &str| {
+            LedgerError::Storage(format!("redis record {} has no valid {what}", id.to_hex()))
+        };
+        let num = |f: &str| {
+            h.get(f)
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad(f))
+        };
+        let record = Record {
+            id,
+            account: h.get("a").cloned().ok_or_else(|| bad("account"))?,
+            kid: h.get("k").cloned().ok_or_else(|| bad("kid"))?,
+            issued_at: num("i")?,
+            expires_at: num("e")?,
+        };
+        Ok(Some(RecordView {
+            record,
+            revoked: h.get("r").is_some_and(|v| v == "1"),
+        }))
+    }
+
+    async fn fetch(&self, id: &TokenId) -> Result<Option<RecordView>, LedgerError> {
+        let mut conn = self.inner.conn.clone();
+        let key = self.inner.keys.tok(id);
+        let h: HashMap<String, String> = match self
+            .inner
+            .timed(
+                "HGETALL",
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn),
+            )
+            .await
+        {
+            Ok(h) => {
+                self.inner.ok();
+                h
+            }
+            Err(e) => {
+                self.inner.failed(FleetOp::Lookup, &e);
+                return Err(unavailable(e));
+            }
+        };
+        let view = Self::parse(*id, &h)?;
+        if let Some(v) = &view {
+            let revoked = v.revoked || self.recent_revoked.contains_key(id);
+            self.index.load().insert_with(&v.record, revoked);
+        }
+        Ok(view)
+    }
+
+    /// `WAIT` for `min_replicas`, when configured.
+    async fn replicas(&self, conn: &mut redis::aio::ConnectionManager) -> Result<(), LedgerError> {
+        let want = self.inner.cfg.min_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let ms = u64::try_from(self.inner.cfg.replica_timeout.as_millis()).unwrap_or(u64::MAX);
+        let got: u64 = self
+            .inner
+            .timed(
+                "WAIT",
+                redis::cmd("WAIT").arg(want).arg(ms).query_async(conn),
+            )
+            .await
+            .map_err(unavailable)?;
+        if got < u64::from(want) {
+            return Err(unavailable(format!(
+                "only {got} of fleet.min_replicas = {want} Redis replicas acknowledged within {:?}",
+                self.inner.cfg.replica_timeout
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends an entry to the stream (in a pipeline being built).
+    pub(crate) fn xadd(&self, pipe: &mut redis::Pipeline, fields: &[(&str, String)]) {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.inner.keys.stream())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.inner.cfg.stream_max_len)
+            .arg("*")
+            .arg("n")
+            .arg(&self.inner.cfg.node);
+        for (k, v) in fields {
+            cmd.arg(*k).arg(v);
+        }
+        pipe.add_command(cmd).ignore();
+    }
+}
+
+#[async_trait]
+impl Ledger for RedisLedger {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn check_local(&self, query: &Query<'_>) -> Option<Answer> {
+        match self.index.load().answer(query) {
+            Answer::Unknown => None,
+            a => Some(a),
+        }
+    }
+
+    async fn check(&self, query: &Query<'_>) -> Result<Answer, LedgerError> {
+        let _ = self.fetch(&query.id).await?;
+        Ok(self.index.load().answer(query))
+    }
+
+    async fn record(&self, records: Vec<Record>) -> Result<(), LedgerError> {
+        for r in &records {
+            r.validate()?;
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for r in &records {
+            let key = self.inner.keys.tok(&r.id);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg("a")
+                .arg(&r.account)
+                .arg("k")
+                .arg(&r.kid)
+                .arg("i")
+                .arg(r.issued_at)
+                .arg("e")
+                .arg(r.expires_at)
+                .ignore();
+            pipe.cmd("EXPIREAT")
+                .arg(&key)
+                .arg(r.expires_at.saturating_add(self.inner.expiry_grace))
+                .ignore();
+        }
+        let mut conn = self.inner.conn.clone();
+        let written = self
+            .inner
+            .timed("MULTI/EXEC", pipe.query_async::<()>(&mut conn))
+            .await;
+        let written = match written {
+            Ok(()) => self.replicas(&mut conn).await,
+            Err(e) => Err(unavailable(e)),
+        };
+        if let Err(e) = written {
+            self.inner.failed(FleetOp::Record, &e);
+            return Err(e);
+        }
+        self.inner.ok();
+        let index = self.index.load();
+        for r in &records {
+            index.insert_with(r, self.recent_revoked.contains_key(&r.id));
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match &revocation {
+            Revocation::Token(id) => {
+                pipe.cmd("EVAL")
+                    .arg(REVOKE_TOKEN)
+                    .arg(1)
+                    .arg(self.inner.keys.tok(id));
+                self.xadd(&mut pipe, &[("k", "rt".into()), ("id", id.to_hex())]);
+            }
+            Revocation::Account { account, at } => {
+                pipe.cmd("EVAL")
+                    .arg(REVOKE_ACCOUNT)
+                    .arg(1)
+                    .arg(self.inner.keys.accounts())
+                    .arg(account)
+                    .arg(*at);
+                self.xadd(
+                    &mut pipe,
+                    &[
+                        ("k", "ra".into()),
+                        ("a", account.clone()),
+                        ("at", at.to_string()),
+                    ],
+                );
+            }
+            Revocation::Kid(kid) => {
+                pipe.cmd("SADD").arg(self.inner.keys.kids()).arg(kid);
+                self.xadd(&mut pipe, &[("k", "rk".into()), ("kid", kid.clone())]);
+            }
+        }
+        let mut conn = self.inner.conn.clone();
+        let result = self
+            .inner
+            .timed("MULTI/EXEC", pipe.query_async::<(u64,)>(&mut conn))
+            .await;
+        let marked = match result {
+            Ok((n,)) => self.replicas(&mut conn).await.map(|()| n),
+            Err(e) => Err(unavailable(e)),
+        };
+        let marked = match marked {
+            Ok(n) => n,
+            Err(e) => {
+                self.inner.failed(FleetOp::Revoke, &e);
+                return Err(e);
+            }
+        };
+        self.inner.ok();
+        let local = self.apply_index(&revocation);
+        self.forget_cached(std::slice::from_ref(&revocation));
+        Ok(match revocation {
+            Revocation::Token(_) => marked.max(local),
+            _ => local,
+        })
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<RecordView>, LedgerError> {
+        self.fetch(id).await
+    }
+
+    fn stats(&self) -> LedgerStats {
+        self.index.load().stats()
+    }
+
+    /// Redis expires records itself; this drops expired entries from the local index
+    /// and forgets old entries of the recently-revoked set.
+    async fn sweep(&self, now: u64, grace_seconds: u64) -> Result<u64, LedgerError> {
+        let index = self.index.load();
+        let mut total = 0u64;
+        loop {
+            let ids = index.expired(now.saturating_sub(grace_seconds), 10_000);
+            if ids.is_empty() {
+                break;
+            }
+            total += ids.len() as u64;
+            index.remove_all(&ids);
+        }
+        self.recent_revoked
+            .retain(|_, at| now.saturating_sub(*at) < RECENT_REVOKED_SECONDS);
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stored_records_and_refuses_broken_ones() {
+        let id = TokenId::from_jti("x");
+        let mut h: HashMap<String, String> =
+            [("a", "alice"), ("k", "k1"), ("i", "10"), ("e", "20")]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+        let v = RedisLedger::parse(id, &h).expect("parses").expect("some");
+        assert_eq!(v.record.account, "alice");
+        assert!(!v.revoked);
+        h.insert("r".into(), "1".into());
+        assert!(
+            RedisLedger::parse(id, &h)
+                .expect("parses")
+                .expect("some")
+                .revoked
+        );
+        h.insert("e".into(), "soon".into());
+        let e = RedisLedger::parse(id, &h).expect_err("bad expiry");
+        assert!(e.to_string().contains("no valid e"), "{e}");
+        assert_eq!(
+            RedisLedger::parse(id, &HashMap::new()).expect("empty"),
+            None
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! Fleet mode: two warden processes sharing one real `redis-server` (started here on a
+//! free loopback port, `appendfsync always`), in front of one real upstream.
+
+use std::time::{Duration, Instant};
+
+use warden_core::fixtures::SampleKey;
+use warden_e2e::{free_port, kid, now, request, token, wait_for, Redis, Upstream, Warden};
+
+/// The fleet's shared secret, written next to each node's config.
+const FLEET_KEY: &str = "fleet-test-key-0123456789abcdef";
+
+/// Lookups that miss a node's index go to Redis: on a loaded 2-core CI machine a round
+/// trip can exceed the default 50 ms, which would turn a test of propagation into one of
+/// the fail mode.
+const LEDGER: &str = "timeout = \"1s\"";
+
+/// A protected route whose ledger failures let requests through (loudly).
+const OPEN_ROUTE: &str = r#"
+[[routes]]
+name = "catalog"
+class = "protected"
+paths = ["/catalog/*"]
+on_backend_failure = "fail_open"
+"#;
+
+fn fleet_extra(redis: &Redis, node: &str, namespace: &str, dir: &std::path::Path) -> String {
+    let key = dir.join(format!("fleet-{node}.key"));
+    std::fs::write(&key, FLEET_KEY).expect("write fleet key");
+    format!(
+        r#"
+[fleet]
+redis_url = "{url}"
+node = "{node}"
+namespace = "{namespace}"
+key_file = "{key}"
+sync_interval = "100ms"
+command_timeout = "300ms"
+connect_timeout = "300ms"
+{OPEN_ROUTE}"#,
+        url = redis.url(),
+        key = key.display(),
+    )
+}
+
+/// Two nodes on one Redis, with the same rules.
+fn two_nodes(
+    redis: &Redis,
+    up: &Upstream,
+    rules: &str,
+    ns: &str,
+) -> (Warden, Warden, tempfile::TempDir) {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let a = Warden::start_with_rules_and_ledger_to(
+        up.addr,
+        rules,
+        LEDGER,
+        &fleet_extra(redis, "a", ns, keys.path()),
+    );
+    let b = Warden::start_with_rules_and_ledger_to(
+        up.addr,
+        rules,
+        LEDGER,
+        &fleet_extra(redis, "b", ns, keys.path()),
+    );
+    (a, b, keys)
+}
+
+/// How long `f` takes to hold, polled every 20 ms, at most `limit`.
+fn time_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    wait_for(limit, || f().then_some(())).map(|()| start.elapsed())
+}
+
+#[test]
+fn records_revocations_and_bans_reach_every_node_within_a_second() {
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    // A node-local rule that bans: a ban it places on one node must apply on the other.
+    let rules = r#"
+[[rules]]
+name = "ban-fast"
+paths = ["/account/ban/*"]
+key = ["ip"]
+window = "1m"
+threshold = 3
+action = "ban"
+ban_for = "1h"
+"#;
+    let (a, b, _keys) = two_nodes(&redis, &up, rules, "t1");
+    let t = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
+
+    // Unknown everywhere: forged.
+    let r = b.get("/account/profile", &t);
+    assert_eq!(r.status, 401, "{}\n{}", r.text(), b.log());
+    // Recorded on A: accepted on B within a second.
+    a.record(&t);
+    let took = time_until(Duration::from_secs(1), || {
+        b.get("/account/profile", &t).status == 200
+    });
+    assert!(
+        took.is_some(),
+        "a record made on A was not accepted on B within 1 s"
+    );
+    // Twice more on B: the token is now in B's index and its confirmed cache.
+    assert_eq!(b.get("/account/profile", &t).status, 200);
+    assert_eq!(b.get("/account/profile", &t).status, 200);
+    let cached = wait_for(Duration::from_secs(2), || {
+        (b.metric("warden_verify_cache_entries") >= 1.0).then_some(())
+    });
+    assert!(cached.is_some(), "B did not cache the confirmed token");
+
+    // Revoked on A: refused on B within a second, cache or not.
+    let r = a.admin(
+        "POST",
+        "/ledger/revoke",
+        &serde_json::json!({"token": t}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = time_until(Duration::from_secs(1), || {
+        b.get("/account/profile", &t).status == 401
+    });
+    assert!(
+        took.is_some(),
+        "a revocation made on A still passed on B after 1 s"
+    );
+    let counted = wait_for(Duration::from_secs(1), || {
+        (b.metric("warden_fleet_stream_applied_total{kind=\"revocation\"}") >= 1.0).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "B did not count the revocation it applied"
+    );
+    // And it stays refused (the cache does not bring it back).
+    for _ in 0..3 {
+        assert_eq!(b.get("/account/profile", &t).status, 401);
+    }
+
+    // An account revocation on B reaches A.
+    let t2 = token(SampleKey::RsA, kid::ACTIVE, "bob", now() - 60);
+    b.record(&t2);
+    assert_eq!(a.get("/account/profile", &t2).status, 200);
+    let r = b.admin("POST", "/ledger/revoke", r#"{"account":"bob"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = time_until(Duration::from_secs(1), || {
+        a.get("/account/profile", &t2).status == 401
+    });
+    assert!(
+        took.is_some(),
+        "an account revocation made on B still passed on A after 1 s"
+    );
+
+    // A ban placed by hand on A applies on B within a second.
+    let t3 = token(SampleKey::RsA, kid::ACTIVE, "carol", now() - 60);
+    a.record(&t3);
+    assert_eq!(b.get_from("127.0.0.9", "/account/profile", &t3).status, 200);
+    let r = a.admin(
+        "POST",
+        "/decisions",
+        r#"{"field":"ip","value":"127.0.0.9","ttl":"1h"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = time_until(Duration::from_secs(1), || {
+        b.get_from("127.0.0.9", "/account/profile", &t3).status == 403
+    });
+    assert!(
+        took.is_some(),
+        "a ban placed on A did not apply on B within 1 s"
+    );
+    // Only that address: another still passes on B.
+    assert_eq!(
+        b.get_from("127.0.0.10", "/account/profile", &t3).status,
+        200
+    );
+    let bans = b.admin("GET", "/decisions", "").json();
+    assert!(
+        bans["bans"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["key"] == "ip=127.0.0.9")),
+        "{bans}"
+    );
+    // A ban placed by a rule on A (4 requests over a threshold of 3) applies on B, where
+    // the address never sent a request.
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| a.get_from("127.0.0.11", "/account/ban/x", &t3).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 403]);
+    let took = time_until(Duration::from_secs(1), || {
+        b.get_from("127.0.0.11", "/account/ban/x", &t3).status == 403
+    });
+    assert!(
+        took.is_some(),
+        "a rule's ban placed on A did not apply on B within 1 s"
+    );
+    let counted = wait_for(Duration::from_secs(1), || {
+        (b.metric("warden_fleet_stream_applied_total{kind=\"ban\"}") >= 2.0).then_some(())
+    });
+    assert!(counted.is_some(), "B did not count the two bans it applied");
+
+    // Lifted on B (same ban id on every node): lifted on A too.
+    let id = bans["bans"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["key"] == "ip=127.0.0.9"))
+        .and_then(|x| x["id"].as_str())
+        .expect("ban id")
+        .to_owned();
+    assert_eq!(
+        b.admin("DELETE", &format!("/decisions/{id}"), "").status,
+        200
+    );
+    let took = time_until(Duration::from_secs(1), || {
+        a.get_from("127.0.0.9", "/account/profile", &t3).status == 200
+    });
+    assert!(
+        took.is_some(),
+        "a ban lifted on B still applied on A after 1 s"
+    );
+}
+
+#[test]
+fn a_scraper_spread_over_two_nodes_is_caught_by_a_fleet_rule_not_by_a_local_one() {
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    // Two rules alike but for their scope and paths: neither node alone ever sees more
+    // than 10 requests of the scraper on either path.
+    let rules = r#"
+[[rules]]
+name = "fleet-rate"
+paths = ["/account/fleet/*"]
+key = ["ip"]
+window = "1m"
+threshold = 10
+action = "block"
+scope = "fleet"
+
+[[rules]]
+name = "local-rate"
+paths = ["/account/local/*"]
+key = ["ip"]
+window = "1m"
+threshold = 10
+action = "block"
+"#;
+    let (a, b, _keys) = two_nodes(&redis, &up, rules, "t2");
+    let t = token(SampleKey::RsA, kid::ACTIVE, "scraper", now() - 60);
+    a.record(&t);
+    let nodes = [&a, &b];
+    let statuses = |path: &str, src: &str| -> Vec<u16> {
+        (0..20)
+            .map(|i| {
+                std::thread::sleep(Duration::from_millis(60));
+                nodes[i % 2].get_from(src, path, &t).status
+            })
+            .collect()
+    };
+    // Node-local counting: 10 per node, never over the threshold, never refused.
+    let local = statuses("/account/local/page", "127.0.0.21");
+    assert!(local.iter().all(|s| *s == 200), "local rule: {local:?}");
+    // Fleet counting: the same pattern is refused once the fleet's total passes 10.
+    let fleet = statuses("/account/fleet/page", "127.0.0.22");
+    let first_refusal = fleet.iter().position(|s| *s == 403);
+    assert!(
+        first_refusal.is_some_and(|i| i < 19),
+        "fleet rule never refused the scraper: {fleet:?}"
+    );
+    // Both nodes refused it: each counted the other's requests.
+    let refused_by = |n: usize| fleet.iter().skip(n).step_by(2).any(|s| *s == 403);
+    assert!(refused_by(0) && refused_by(1), "{fleet:?}");
+    // Another address is not affected.
+    assert_eq!(
+        a.get_from("127.0.0.23", "/account/fleet/page", &t).status,
+        200
+    );
+}
+
+#[test]
+fn redis_down_applies_the_fail_mode_and_recovers_when_it_returns() {
+    let mut redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let mut a =
+        Warden::start_with_rules_to(up.addr, "", &fleet_extra(&redis, "a", "t3", keys.path()));
+    let known = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
+    a.record(&known);
+    assert_eq!(a.get("/account/profile", &known).status, 200);
+
+    // Redis crashes.
+    redis.kill();
+    // The acknowledged record was fsynced: it is in the append-only file.
+    let aof = std::fs::read_dir(redis.dir.path().join("appendonlydir"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read(e.path()).unwrap_or_default())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    assert!(
+        aof.contains("alice"),
+        "the acknowledged record is not in Redis's AOF"
+    );
+
+    // A token this node already knows is still answered from its index.
+    assert_eq!(a.get("/account/profile", &known).status, 200);
+    // One it must ask Redis about: the route's fail mode applies.
+    let fresh = token(SampleKey::RsA, kid::ACTIVE, "dave", now() - 60);
+    let closed = a.get("/account/profile", &fresh);
+    assert_eq!(closed.status, 503, "fail-closed route: {}", closed.text());
+    let open = a.get("/catalog/items", &fresh);
+    assert_eq!(open.status, 200, "fail-open route: {}", open.text());
+    // A record cannot be made durable: the caller hears it (503), nothing is dropped
+    // silently.
+    let r = a.admin(
+        "POST",
+        "/ledger/records",
+        &serde_json::json!({"token": fresh}).to_string(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["recorded"], 0);
+    // A login observed inline while Redis is down: counted and reported as failed.
+    let login = request(a.proxy, "POST", "/login", &[], br#"{"account":"erin"}"#);
+    assert_eq!(login.status, 200);
+    let failed = wait_for(Duration::from_secs(3), || {
+        (a.metric("warden_ledger_record_failures_total{source=\"inline\"}") >= 1.0).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "an inline record that failed was not counted"
+    );
+    let event = wait_for(Duration::from_secs(2), || {
+        a.events()
+            .into_iter()
+            .find(|e| e["type"] == "record_failed")
+    });
+    assert!(event.is_some_and(|e| e["detail"].as_str().is_some_and(|d| d.contains("redis"))));
+    assert!(a.metric("warden_fleet_redis_errors_total{op=\"record\"}") >= 2.0);
+    assert_eq!(a.metric("warden_fleet_redis_down"), 1.0);
+    assert!(
+        a.alive(),
+        "warden exited while Redis was down:\n{}",
+        a.log()
+    );
+
+    // Redis returns (same data): the node reconnects by itself.
+    redis.restart();
+    let back = wait_for(Duration::from_secs(5), || {
+        let r = a.admin(
+            "POST",
+            "/ledger/records",
+            &serde_json::json!({"token": fresh}).to_string(),
+        );
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "no recovery after Redis returned:\n{}",
+        a.log()
+    );
+    assert_eq!(a.get("/account/profile", &fresh).status, 200);
+    // The record made before the crash is still in Redis, and revocations flow again.
+    assert!(redis.cli(&["KEYS", "t3:tok:*"]).lines().count() >= 2);
+    let r = a.admin(
+        "POST",
+        "/ledger/revoke",
+        &serde_json::json!({"token": known}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(a.get("/account/profile", &known).status, 401);
+    let up_again = wait_for(Duration::from_secs(2), || {
+        (a.metric("warden_fleet_redis_down") == 0.0).then_some(())
+    });
+    assert!(up_again.is_some());
+    assert!(a.alive());
+}
+
+#[test]
+fn a_stalled_redis_gets_the_fail_mode_in_time_not_a_hung_request() {
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    let keys = tempfile::tempdir().expect("tempdir");
+    // The default ledger.timeout (50 ms) bounds lookups; fleet.command_timeout (300 ms
+    // here) bounds writes.
+    let mut a =
+        Warden::start_with_rules_to(up.addr, "", &fleet_extra(&redis, "a", "t4", keys.path()));
+    let known = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
+    a.record(&known);
+
+    redis.pause();
+    let fresh = token(SampleKey::RsA, kid::ACTIVE, "dave", now() - 60);
+    let started = Instant::now();
+    let closed = a.get("/account/profile", &fresh);
+    assert_eq!(closed.status, 503, "fail-closed route: {}", closed.text());
+    assert_eq!(
+        a.get("/catalog/items", &fresh).status,
+        200,
+        "fail-open route"
+    );
+    assert_eq!(a.get("/account/profile", &known).status, 200, "known token");
+    let r = a.admin(
+        "POST",
+        "/ledger/records",
+        &serde_json::json!({"token": fresh}).to_string(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("ledger backend unavailable: redis MULTI/EXEC"),
+        "{}",
+        r.text()
+    );
+    // Four requests and a write, each bounded by its timeout, not by Redis.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "requests waited for a stalled Redis: {:?}",
+        started.elapsed()
+    );
+    assert!(a.alive());
+
+    redis.resume();
+    let back = wait_for(Duration::from_secs(5), || {
+        let r = a.admin(
+            "POST",
+            "/ledger/records",
+            &serde_json::json!({"token": fresh}).to_string(),
+        );
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "no recovery after Redis resumed:\n{}",
+        a.log()
+    );
+    assert_eq!(a.get("/account/profile", &fresh).status, 200);
+}
+
+#[test]
+fn a_node_starts_while_redis_is_down_and_joins_when_it_comes() {
+    let up = Upstream::start(kid::ACTIVE);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let extra = format!(
+        "[fleet]\nredis_url = \"redis://127.0.0.1:{port}/0\"\nnode = \"a\"\nnamespace = \"t5\"\nkey_file = \"{key}\"\nconnect_timeout = \"300ms\"\ncommand_timeout = \"300ms\"\n",
+        key = {
+            let k = keys.path().join("fleet.key");
+            std::fs::write(&k, FLEET_KEY).expect("write key");
+            k.display().to_string()
+        }
+    );
+    // Nothing listens on the port: warden starts anyway (the harness waits for /ready).
+    let mut a = Warden::start_with_rules_to(up.addr, "", &extra);
+    let t = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
+    assert_eq!(a.get("/account/profile", &t).status, 503);
+    let r = a.admin(
+        "POST",
+        "/ledger/records",
+        &serde_json::json!({"token": t}).to_string(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(a.alive());
+    // Redis comes up on that port: the node joins by itself.
+    let _redis = Redis::start_on(port);
+    let joined = wait_for(Duration::from_secs(5), || {
+        let r = a.admin(
+            "POST",
+            "/ledger/records",
+            &serde_json::json!({"token": t}).to_string(),
+        );
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        joined.is_some(),
+        "the node did not join Redis:\n{}",
+        a.log()
+    );
+    assert_eq!(a.get("/account/profile", &t).status, 200);
+}
