@@ -322,6 +322,7 @@ impl Peek for HeaderDeadline {
 pub struct Guarded<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    linger: Duration,
 }
 
 impl<A> Guarded<A> {
@@ -331,7 +332,24 @@ impl<A> Guarded<A> {
         Self {
             inner: Arc::new(inner),
             shared,
+            linger: Duration::ZERO,
         }
+    }
+
+    /// How long connections idle between requests are kept once the listeners have
+    /// closed (graceful upgrade or stop), before pingora drops them.
+    ///
+    /// pingora drops such a connection as soon as it stops listening, and a client may be
+    /// sending its next request on it right then: the client sees the connection closed
+    /// without an answer (HTTP lets it retry an idempotent request; wrk, for one, counts
+    /// an error). Kept a while instead, each next request on them is served and answered
+    /// with `Connection: close` (pingora's own behaviour once shutting down), so the
+    /// client moves to a new connection, which the new process of an upgrade accepts.
+    /// Keep it under `server.grace_period`: the runtime stops after that.
+    #[must_use]
+    pub fn idle_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
     }
 }
 
@@ -353,6 +371,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 
     async fn cleanup(&self) {
+        if !self.linger.is_zero() {
+            tokio::time::sleep(self.linger).await;
+        }
         self.inner.cleanup().await;
     }
 }

@@ -264,7 +264,10 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
                 WardenProxy::new(Arc::clone(&shared), upstreams),
             ),
             Arc::clone(&shared),
-        ),
+        )
+        // Three quarters of the grace period: kept-alive clients get their next answer
+        // with `Connection: close` instead of a connection dropped under their request.
+        .idle_linger(config.server.grace_period * 3 / 4),
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
