@@ -360,6 +360,9 @@ impl Verifier {
     pub fn forget_revoked(&self, revocations: &[crate::ledger::Revocation]) -> usize {
         use crate::ledger::Revocation;
         use std::collections::{HashMap, HashSet};
+        if revocations.is_empty() {
+            return 0;
+        }
         let mut ids = HashSet::new();
         let mut accounts: HashMap<&str, u64> = HashMap::new();
         let mut kids = HashSet::new();
@@ -376,9 +379,6 @@ impl Verifier {
                     kids.insert(kid.as_str());
                 }
             }
-        }
-        if revocations.is_empty() {
-            return 0;
         }
         let covered = |v: &Verified| {
             ids.contains(&v.id)

@@ -417,17 +417,18 @@ impl Engine {
             .get(&(scope, key))
             .is_some_and(|b| b.until_ms >= until_ms);
         if !newer {
-            self.bans.insert(
-                (scope, key),
+            self.insert_ban(
+                scope,
+                key,
                 Ban {
                     until_ms,
                     placed_ms,
                     rule: name,
                     key: display.to_owned(),
                 },
+                false,
             );
         }
-        self.recount_bans();
         true
     }
 
@@ -436,11 +437,28 @@ impl Engine {
         self.lift_inner(id)
     }
 
-    fn recount_bans(&self) {
-        self.manual_bans.store(
-            self.bans.iter().filter(|e| e.key().0 == MANUAL).count(),
-            Ordering::Relaxed,
-        );
+    /// The one way a ban goes in: rule bans, manual bans and bans from the fleet. Keeps
+    /// the counts and the earliest end the sweep looks at, and, with `tell_fleet`, notes
+    /// the ban for the other nodes (not for a ban that came from them).
+    fn insert_ban(&self, scope: BanScope, key: u64, ban: Ban, tell_fleet: bool) {
+        if tell_fleet {
+            if let Some(fleet) = self.fleet.get() {
+                fleet.note(FleetNote::Ban {
+                    scope,
+                    key,
+                    placed_ms: ban.placed_ms,
+                    until_ms: ban.until_ms,
+                    rule: Arc::clone(&ban.rule),
+                    display: ban.key.clone(),
+                });
+            }
+        }
+        self.next_ban_end_ms
+            .fetch_min(ban.until_ms, Ordering::Relaxed);
+        let new = self.bans.insert((scope, key), ban).is_none();
+        if new && scope == MANUAL {
+            self.manual_bans.fetch_add(1, Ordering::Relaxed);
+        }
         self.ban_count.store(self.bans.len(), Ordering::Relaxed);
     }
 
@@ -796,28 +814,17 @@ impl Engine {
         if self.ban_count.load(Ordering::Relaxed) >= self.max_bans {
             return false;
         }
-        let display = display();
-        if let Some(fleet) = self.fleet.get() {
-            fleet.note(FleetNote::Ban {
-                scope,
-                key,
-                placed_ms: now_ms,
-                until_ms,
-                rule: Arc::clone(rule),
-                display: display.clone(),
-            });
-        }
-        self.bans.insert(
-            (scope, key),
+        self.insert_ban(
+            scope,
+            key,
             Ban {
                 until_ms,
                 placed_ms: now_ms,
                 rule: Arc::clone(rule),
-                key: display,
+                key: display(),
             },
+            true,
         );
-        self.next_ban_end_ms.fetch_min(until_ms, Ordering::Relaxed);
-        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
         true
     }
 
@@ -831,31 +838,17 @@ impl Engine {
     ) -> Result<String, String> {
         let key = self.manual_key(field, value)?;
         let display = format!("{}={value}", field.name());
-        if let Some(fleet) = self.fleet.get() {
-            fleet.note(FleetNote::Ban {
-                scope: MANUAL,
-                key,
-                placed_ms: now_ms,
-                until_ms,
-                rule: Arc::clone(&self.manual_name),
-                display: display.clone(),
-            });
-        }
-        self.bans.insert(
-            (MANUAL, key),
+        self.insert_ban(
+            MANUAL,
+            key,
             Ban {
                 until_ms,
                 placed_ms: now_ms,
                 rule: Arc::clone(&self.manual_name),
-                key: display.clone(),
+                key: display,
             },
+            true,
         );
-        self.next_ban_end_ms.fetch_min(until_ms, Ordering::Relaxed);
-        self.manual_bans.store(
-            self.bans.iter().filter(|e| e.key().0 == MANUAL).count(),
-            Ordering::Relaxed,
-        );
-        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
         Ok(ban_id(MANUAL, key))
     }
 

@@ -3,14 +3,13 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use warden_rules::{Action, Field, Match, Measure, Mode, RouteClass, Rule};
+use warden_rules::{Action, Field, Measure, RouteClass, Rule};
 
 use crate::snapshot::{read_file, write_file, Writer, MAGIC, VERSION};
+use crate::tests::{MIB, T0};
 use crate::{Decision, Engine, Facts, Nothing, SnapshotError};
 
-const T0: u64 = 1_800_000_000_000;
-const MIB: usize = 1 << 20;
-
+/// A rule on one key field ([`crate::tests::rule`] takes a list).
 fn rule(
     name: &str,
     key: Field,
@@ -19,19 +18,7 @@ fn rule(
     threshold: u64,
     action: Action,
 ) -> Rule {
-    Rule {
-        name: name.into(),
-        description: String::new(),
-        matcher: Match::default(),
-        key: vec![key],
-        measure,
-        window: Duration::from_secs(window_s),
-        threshold,
-        action,
-        mode: Mode::Enforce,
-        priority: 0,
-        scope: warden_rules::Scope::Local,
-    }
+    crate::tests::rule(name, vec![key], measure, window_s, threshold, action)
 }
 
 /// Rules that report their estimate on every request (threshold 0, log only), so a test

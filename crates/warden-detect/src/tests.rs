@@ -10,10 +10,10 @@ use warden_rules::{
 
 use crate::{Decision, Engine, Facts, Lookup, Nothing};
 
-const T0: u64 = 1_800_000_000_000;
-const MIB: usize = 1 << 20;
+pub(crate) const T0: u64 = 1_800_000_000_000;
+pub(crate) const MIB: usize = 1 << 20;
 
-fn rule(
+pub(crate) fn rule(
     name: &str,
     key: Vec<Field>,
     measure: Measure,

@@ -137,17 +137,14 @@ impl Phase {
             Phase::Header { tail } => (tail, false),
             Phase::Request | Phase::Tunnel => return false,
         };
-        // Only a LF can end a header: look at each one with the (up to) three bytes before
-        // it, which may have come in the previous read (`tail`).
+        // Only a LF can end a header: look at each one with the (up to) two bytes before
+        // it, which may have come in the previous read (`tail`). LF LF, or LF CR LF (the
+        // end of CRLF CRLF), ends it.
         for i in memchr::memchr_iter(b'\n', bytes) {
-            let last4 = bytes[i.saturating_sub(3)..=i]
+            let last = bytes[i.saturating_sub(2)..=i]
                 .iter()
                 .fold(tail, |t, &b| (t << 8) | u32::from(b));
-            // CRLF CRLF, or LF LF (with or without a CR before the second LF).
-            if last4 == 0x0d0a_0d0a
-                || last4 & 0xffff == 0x0a0a
-                || last4 & 0x00ff_ffff == 0x000a_0d0a
-            {
+            if last & 0xffff == 0x0a0a || last & 0x00ff_ffff == 0x000a_0d0a {
                 *self = Phase::Request;
                 return started;
             }
