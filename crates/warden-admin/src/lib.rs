@@ -277,7 +277,7 @@ impl AdminApp {
             },
             "token" => match warden_core::token::parse(value, self.control.verifier().policy().max_token_bytes) {
                 // The token need not verify to be revoked: its id is all that matters.
-                Ok(p) => match warden_core::token::string_claim(&p.claims, "jti") {
+                Ok(p) => match p.claims.string("jti") {
                     Ok(Some(j)) if !j.is_empty() => Revocation::Token(TokenId::from_jti(j)),
                     _ => Revocation::Token(TokenId::from_token(value)),
                 },

@@ -73,6 +73,9 @@ pub struct Key {
     /// verified a token and re-verifies if the material behind a kid changes.
     pub fingerprint: u64,
     pub(crate) decoding: DecodingKey,
+    /// For HS256/384/512: the HMAC key, set up once here instead of by jsonwebtoken on
+    /// every verification (its padded key blocks cost as much as the MAC of a token).
+    pub(crate) hmac: Option<aws_lc_rs::hmac::Key>,
 }
 
 impl std::fmt::Debug for Key {
@@ -231,13 +234,30 @@ fn load(spec: &KeySpec) -> Result<Key, KeyError> {
     let digest = fp.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
+    let hmac = hmac_algorithm(spec.alg).and_then(|a| {
+        decoding
+            .try_get_as_bytes()
+            .ok()
+            .map(|secret| aws_lc_rs::hmac::Key::new(a, secret))
+    });
     Ok(Key {
         kid: Arc::from(spec.kid.as_str()),
         alg: spec.alg,
         state: spec.state,
         fingerprint: u64::from_le_bytes(first),
         decoding,
+        hmac,
     })
+}
+
+/// The HMAC of an HS algorithm, as jsonwebtoken's aws-lc-rs backend maps it.
+fn hmac_algorithm(alg: Algorithm) -> Option<aws_lc_rs::hmac::Algorithm> {
+    match alg {
+        Algorithm::HS256 => Some(aws_lc_rs::hmac::HMAC_SHA256),
+        Algorithm::HS384 => Some(aws_lc_rs::hmac::HMAC_SHA384),
+        Algorithm::HS512 => Some(aws_lc_rs::hmac::HMAC_SHA512),
+        _ => None,
+    }
 }
 
 // HMAC PEM was refused in the arm above; this keeps the match exhaustive without a panic.

@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod claims;
 pub mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;

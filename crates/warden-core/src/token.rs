@@ -11,6 +11,8 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use crate::claims::RawHeader;
+pub use crate::claims::{Claim, Claims};
 use crate::error::Malformed;
 
 /// The JWS header fields warden reads. Everything else in the header is ignored.
@@ -22,13 +24,13 @@ pub struct Header {
     pub kid: Option<String>,
 }
 
-/// A token split into its parts, header decoded, payload decoded to a JSON object.
+/// A token split into its parts, header decoded, payload read as a JSON object.
 #[derive(Debug, Clone)]
 pub struct ParsedToken<'a> {
     /// The decoded header.
     pub header: Header,
     /// The payload claims.
-    pub claims: Map<String, Value>,
+    pub claims: Claims,
     /// `header.payload`, the bytes the signature covers.
     pub signing_input: &'a str,
     /// The third segment, still base64url.
@@ -75,32 +77,44 @@ pub fn alg_name(alg: Algorithm) -> &'static str {
 /// them lets the token choose its own key, and warden never fetches anything.
 const KEY_CARRYING_HEADERS: &[&str] = &["jku", "x5u", "jwk", "x5c"];
 
+/// The base64url alphabet, by byte.
+const B64URL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+        b += 1;
+    }
+    t
+};
+
 fn is_b64url(segment: &str) -> bool {
-    segment
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    segment.bytes().all(|b| B64URL[usize::from(b)])
 }
 
 fn decode_segment(segment: &str, which: &'static str) -> Result<Vec<u8>, Malformed> {
     if segment.is_empty() {
         return Err(Malformed::EmptySegment(which));
     }
-    if !is_b64url(segment) {
-        return Err(Malformed::Base64(which));
-    }
+    // The decoder refuses every byte outside the alphabet and padding itself (the unit
+    // test `the_decoder_refuses_what_is_b64url_refuses`), with the same error here.
     URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| Malformed::Base64(which))
 }
 
-/// Splits and decodes a compact JWS. `max_len` bounds the work done on hostile input.
-///
-/// ```
-/// use warden_core::token::parse;
-/// assert!(parse("a.b", 8192).is_err());
-/// assert!(parse("eyJhbGciOiJub25lIn0.e30.", 8192).is_err()); // alg none
-/// ```
-pub fn parse(token: &str, max_len: usize) -> Result<ParsedToken<'_>, Malformed> {
+/// A token's segments: header and payload decoded, the signing input, the signature.
+struct Segments<'a> {
+    header: Vec<u8>,
+    payload: Vec<u8>,
+    signing_input: &'a str,
+    signature_b64: &'a str,
+}
+
+/// The three segments of a token, the header and payload decoded from base64url, with
+/// the checks every parse makes before reading any JSON, in their order.
+fn split(token: &str, max_len: usize) -> Result<Segments<'_>, Malformed> {
     if token.len() > max_len {
         return Err(Malformed::TooLong {
             len: token.len(),
@@ -121,21 +135,138 @@ pub fn parse(token: &str, max_len: usize) -> Result<ParsedToken<'_>, Malformed> 
     if !is_b64url(s) {
         return Err(Malformed::Base64("signature"));
     }
-    let header_json: Map<String, Value> =
-        serde_json::from_slice(&header_bytes).map_err(|_| Malformed::Json("header"))?;
-    let header = read_header(&header_json)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&payload_bytes).map_err(|_| Malformed::Json("payload"))?;
-    Ok(ParsedToken {
-        header,
-        claims,
+    Ok(Segments {
+        header: header_bytes,
+        payload: payload_bytes,
         signing_input: &token[..h.len() + 1 + p.len()],
         signature_b64: s,
     })
 }
 
-fn read_header(json: &Map<String, Value>) -> Result<Header, Malformed> {
-    let alg = match json.get("alg") {
+/// Splits and decodes a compact JWS. `max_len` bounds the work done on hostile input.
+///
+/// The header and payload are read by [`Claims`]' own deserializers: they accept and
+/// refuse exactly what reading them as `serde_json::Map`s does ([`parse_with_serde`], the
+/// reference the fuzz target `token` and the unit tests compare with), at a fraction of
+/// the cost.
+///
+/// ```
+/// use warden_core::token::parse;
+/// assert!(parse("a.b", 8192).is_err());
+/// assert!(parse("eyJhbGciOiJub25lIn0.e30.", 8192).is_err()); // alg none
+/// ```
+pub fn parse(token: &str, max_len: usize) -> Result<ParsedToken<'_>, Malformed> {
+    let s = split(token, max_len)?;
+    let RawHeader { alg, kid, present } = RawHeader::parse(&s.header)?;
+    let header = header_from(alg.as_ref(), |n| RawHeader::has(present, n), kid)?;
+    let claims = Claims::parse(s.payload)?;
+    Ok(ParsedToken {
+        header,
+        claims,
+        signing_input: s.signing_input,
+        signature_b64: s.signature_b64,
+    })
+}
+
+/// [`parse`] as it was before [`Claims`]: header and payload decoded into
+/// `serde_json::Map`s. The reference the faster parse is compared with (fuzz target
+/// `token`, unit tests): the same tokens must parse, to the same header and claims, and
+/// the same must fail with the same error.
+pub fn parse_with_serde(
+    token: &str,
+    max_len: usize,
+) -> Result<(Header, Map<String, Value>), Malformed> {
+    let s = split(token, max_len)?;
+    let header_json: Map<String, Value> =
+        serde_json::from_slice(&s.header).map_err(|_| Malformed::Json("header"))?;
+    let header = header_from(
+        header_json.get("alg"),
+        |n| header_json.contains_key(n),
+        header_json.get("kid").cloned(),
+    )?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&s.payload).map_err(|_| Malformed::Json("payload"))?;
+    Ok((header, claims))
+}
+
+/// Parses `token` with [`parse`] and with [`parse_with_serde`] and describes the first
+/// difference: a different error, one accepting what the other refuses, another header,
+/// or a claim read differently by any of [`Claims`]' accessors (every claim the `Map`
+/// holds, the registered ones, absent ones, `aud` against each of its strings). For the
+/// fuzz target `token` and the unit tests.
+pub fn check_against_serde(token: &str, max_len: usize) -> Result<(), String> {
+    let new = parse(token, max_len);
+    let old = parse_with_serde(token, max_len);
+    let (p, (header, map)) = match (new, old) {
+        (Err(a), Err(b)) if a == b => return Ok(()),
+        (Ok(p), Ok(old)) => (p, old),
+        (a, b) => return Err(format!("parse gave {a:?}, the Map parse {b:?}")),
+    };
+    if p.header != header {
+        return Err(format!("header {:?}, the Map parse {header:?}", p.header));
+    }
+    let view = |v: &'_ Value| -> String {
+        match v {
+            Value::String(s) => format!("{:?}", Claim::String(s)),
+            Value::Number(n) => format!("{:?}", Claim::Number(n)),
+            Value::Bool(b) => format!("{:?}", Claim::Bool(*b)),
+            _ => format!("{:?}", Claim::Other),
+        }
+    };
+    let want: Vec<(&str, String)> = map.iter().map(|(k, v)| (k.as_str(), view(v))).collect();
+    let got: Vec<(&str, String)> = p
+        .claims
+        .sorted()
+        .into_iter()
+        .map(|(k, v)| (k, format!("{v:?}")))
+        .collect();
+    if got != want {
+        return Err(format!("claims {got:?}, the Map parse {want:?}"));
+    }
+    let extra = ["sub", "jti", "iss", "aud", "exp", "iat", "nbf", "", "zz"];
+    for name in map.keys().map(String::as_str).chain(extra) {
+        let got = p.claims.get(name).map(|v| format!("{v:?}"));
+        if got != map.get(name).map(view) {
+            return Err(format!("claim {name:?}: {got:?}"));
+        }
+        if p.claims.string(name) != string_claim(&map, name) {
+            return Err(format!(
+                "string claim {name:?}: {:?}",
+                p.claims.string(name)
+            ));
+        }
+    }
+    for name in ["exp", "iat", "nbf", "sub", "aud", "zz"] {
+        if p.claims.numeric_date(name) != numeric_date(&map, name) {
+            return Err(format!("date {name:?}: {:?}", p.claims.numeric_date(name)));
+        }
+    }
+    let mut auds: Vec<&str> = vec!["", "api", "zz"];
+    match map.get("aud") {
+        Some(Value::String(s)) => auds.push(s),
+        Some(Value::Array(a)) => auds.extend(a.iter().filter_map(Value::as_str)),
+        _ => {}
+    }
+    for aud in auds {
+        let old = match map.get("aud") {
+            Some(Value::String(s)) => s == aud,
+            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(aud)),
+            _ => false,
+        };
+        if p.claims.has_audience(aud) != old {
+            return Err(format!("audience {aud:?}: {}", !old));
+        }
+    }
+    Ok(())
+}
+
+/// The header from its `alg` and `kid` values and a test of which parameters it has.
+fn header_from(
+    alg: Option<&Value>,
+    has: impl Fn(&str) -> bool,
+    kid: Option<Value>,
+) -> Result<Header, Malformed> {
+    let alg = match alg {
         Some(Value::String(name)) => {
             parse_alg(name).ok_or_else(|| Malformed::Alg(truncate(name)))?
         }
@@ -143,16 +274,16 @@ fn read_header(json: &Map<String, Value>) -> Result<Header, Malformed> {
         None => return Err(Malformed::Alg(String::from("<missing>"))),
     };
     for name in KEY_CARRYING_HEADERS {
-        if json.contains_key(*name) {
+        if has(name) {
             return Err(Malformed::KeyInHeader(name));
         }
     }
-    if json.contains_key("crit") {
+    if has("crit") {
         return Err(Malformed::Crit);
     }
-    let kid = match json.get("kid") {
+    let kid = match kid {
         None => None,
-        Some(Value::String(k)) => Some(k.clone()),
+        Some(Value::String(k)) => Some(k),
         Some(_) => return Err(Malformed::Kid),
     };
     Ok(Header { alg, kid })
@@ -172,7 +303,8 @@ pub fn truncate(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Reads a NumericDate claim (seconds since the epoch). Fractions are truncated; negative,
+/// Reads a NumericDate claim of a `serde_json::Map` (seconds since the epoch), as
+/// [`Claims::numeric_date`] does. Fractions are truncated; negative,
 /// non-finite or non-numeric values are an error carrying the claim's name.
 pub fn numeric_date(
     claims: &Map<String, Value>,
@@ -180,21 +312,13 @@ pub fn numeric_date(
 ) -> Result<Option<u64>, Malformed> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(v) = n.as_u64() {
-                Ok(Some(v))
-            } else {
-                match n.as_f64() {
-                    Some(f) if (0.0..1e15).contains(&f) => Ok(Some(f as u64)),
-                    _ => Err(Malformed::Claim(name)),
-                }
-            }
-        }
+        Some(Value::Number(n)) => crate::claims::number_date(n, name).map(Some),
         Some(_) => Err(Malformed::Claim(name)),
     }
 }
 
-/// Reads a string claim; a present claim of another type is an error.
+/// Reads a string claim of a `serde_json::Map`, as [`Claims::string`] does; a present
+/// claim of another type is an error.
 pub fn string_claim<'a>(
     claims: &'a Map<String, Value>,
     name: &str,
@@ -207,85 +331,5 @@ pub fn string_claim<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn b64(s: &str) -> String {
-        URL_SAFE_NO_PAD.encode(s)
-    }
-
-    fn tok(header: &str, payload: &str) -> String {
-        format!("{}.{}.c2ln", b64(header), b64(payload))
-    }
-
-    #[test]
-    fn parses_a_well_formed_token() {
-        let t = tok(r#"{"alg":"RS256","kid":"k1"}"#, r#"{"sub":"a","exp":5}"#);
-        let p = parse(&t, 8192).expect("parses");
-        assert_eq!(p.header.alg, Algorithm::RS256);
-        assert_eq!(p.header.kid.as_deref(), Some("k1"));
-        assert_eq!(numeric_date(&p.claims, "exp"), Ok(Some(5)));
-        assert_eq!(p.signature_b64, "c2ln");
-        assert!(t.starts_with(p.signing_input));
-    }
-
-    #[test]
-    fn refuses_none_in_every_spelling() {
-        for alg in ["none", "None", "NONE", "nOnE", " none", "none ", ""] {
-            let t = tok(&format!(r#"{{"alg":"{alg}"}}"#), "{}");
-            assert!(
-                matches!(parse(&t, 8192), Err(Malformed::Alg(_))),
-                "alg {alg:?} accepted"
-            );
-        }
-        let t = tok(r#"{"alg":null}"#, "{}");
-        assert!(matches!(parse(&t, 8192), Err(Malformed::Alg(_))));
-    }
-
-    #[test]
-    fn refuses_key_carrying_headers_and_crit() {
-        for h in ["jku", "x5u", "jwk", "x5c"] {
-            let t = tok(
-                &format!(r#"{{"alg":"RS256","{h}":"http://127.0.0.1/x"}}"#),
-                "{}",
-            );
-            assert_eq!(parse(&t, 8192).err(), Some(Malformed::KeyInHeader(h)));
-        }
-        let t = tok(r#"{"alg":"RS256","crit":["exp"]}"#, "{}");
-        assert_eq!(parse(&t, 8192).err(), Some(Malformed::Crit));
-    }
-
-    #[test]
-    fn refuses_bad_shapes() {
-        assert_eq!(parse("a.b", 100).err(), Some(Malformed::Segments(2)));
-        assert_eq!(parse("a.b.c.d", 100).err(), Some(Malformed::Segments(4)));
-        assert_eq!(
-            parse(".b.c", 100).err(),
-            Some(Malformed::EmptySegment("header"))
-        );
-        let padded = format!("{}=.{}.c2ln", b64(r#"{"alg":"RS256"}"#), b64("{}"));
-        assert_eq!(parse(&padded, 100).err(), Some(Malformed::Base64("header")));
-        let long = "a".repeat(101);
-        assert!(matches!(parse(&long, 100), Err(Malformed::TooLong { .. })));
-        let t = tok("[1]", "{}");
-        assert_eq!(parse(&t, 8192).err(), Some(Malformed::Json("header")));
-    }
-
-    #[test]
-    fn deep_json_is_an_error_not_a_crash() {
-        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        let t = tok(r#"{"alg":"RS256"}"#, &deep);
-        assert_eq!(parse(&t, 1 << 20).err(), Some(Malformed::Json("payload")));
-    }
-
-    #[test]
-    fn numeric_dates_are_strict() {
-        let m: Map<String, Value> =
-            serde_json::from_str(r#"{"a":1.9,"b":-1,"c":"5","d":1e300}"#).expect("json");
-        assert_eq!(numeric_date(&m, "a"), Ok(Some(1)));
-        assert!(numeric_date(&m, "b").is_err());
-        assert!(numeric_date(&m, "c").is_err());
-        assert!(numeric_date(&m, "d").is_err());
-        assert_eq!(numeric_date(&m, "zz"), Ok(None));
-    }
-}
+#[path = "token_tests.rs"]
+mod tests;

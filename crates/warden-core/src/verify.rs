@@ -41,7 +41,7 @@ use std::sync::RwLock;
 use crate::keys::{Key, KeyRegistry, KeyUse};
 use crate::ledger::{Answer, Record, TokenId};
 use crate::reason::Reason;
-use crate::token::{self, numeric_date, string_claim};
+use crate::token;
 
 /// What the verifier checks beyond the signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,20 +109,21 @@ impl Verified {
     }
 }
 
-fn kept_claims(
-    c: &serde_json::Map<String, serde_json::Value>,
-    wanted: &[Box<str>],
-) -> Box<[(Box<str>, Box<str>)]> {
-    c.iter()
+fn kept_claims(c: &token::Claims, wanted: &[Box<str>]) -> Box<[(Box<str>, Box<str>)]> {
+    if wanted.is_empty() {
+        return Box::default();
+    }
+    c.sorted()
+        .into_iter()
         .filter(|(k, _)| wanted.iter().any(|w| **w == **k))
         .filter_map(|(k, v)| {
             let v = match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => return None,
+                token::Claim::String(s) => s.to_owned(),
+                token::Claim::Number(n) => n.to_string(),
+                token::Claim::Bool(b) => b.to_string(),
+                token::Claim::Other => return None,
             };
-            (k.len() <= 64 && v.len() <= 256).then(|| (k.as_str().into(), v.into_boxed_str()))
+            (k.len() <= 64 && v.len() <= 256).then(|| (k.into(), v.into_boxed_str()))
         })
         .take(MAX_KEPT_CLAIMS)
         .collect()
@@ -455,33 +456,28 @@ impl Verifier {
         }
         let c = &parsed.claims;
         let bad = |_| Reason::BadClaims;
-        let expires_at = numeric_date(c, "exp")
+        let expires_at = c
+            .numeric_date("exp")
             .map_err(bad)?
             .ok_or(Reason::BadClaims)?;
-        let issued_at = numeric_date(c, "iat").map_err(bad)?;
-        let not_before = numeric_date(c, "nbf").map_err(bad)?;
+        let issued_at = c.numeric_date("iat").map_err(bad)?;
+        let not_before = c.numeric_date("nbf").map_err(bad)?;
         if let Some(iss) = &self.policy.issuer {
-            if string_claim(c, "iss").map_err(bad)? != Some(iss.as_str()) {
+            if c.string("iss").map_err(bad)? != Some(iss.as_str()) {
                 return Err(Reason::BadClaims);
             }
         }
         if let Some(aud) = &self.policy.audience {
-            let ok = match c.get("aud") {
-                Some(serde_json::Value::String(s)) => s == aud,
-                Some(serde_json::Value::Array(a)) => {
-                    a.iter().any(|v| v.as_str() == Some(aud.as_str()))
-                }
-                _ => false,
-            };
-            if !ok {
+            if !c.has_audience(aud) {
                 return Err(Reason::BadClaims);
             }
         }
-        let account = string_claim(c, &self.policy.account_claim)
+        let account = c
+            .string(&self.policy.account_claim)
             .map_err(bad)?
             .filter(|a| !a.is_empty())
             .ok_or(Reason::BadClaims)?;
-        let id = match string_claim(c, "jti").map_err(bad)? {
+        let id = match c.string("jti").map_err(bad)? {
             Some(jti) if !jti.is_empty() => TokenId::from_jti(jti),
             _ => TokenId::from_token(token),
         };
@@ -508,6 +504,9 @@ impl Verifier {
 }
 
 fn signature_ok(parsed: &token::ParsedToken<'_>, key: &Key) -> bool {
+    if let Some(hmac) = &key.hmac {
+        return hmac_ok(parsed, hmac);
+    }
     // ECDSA signatures in JWS are fixed-size r||s; anything else is refused before the
     // backend sees it (r or s of zero are rejected by the backend's range checks).
     let expected_len = match key.alg {
@@ -522,6 +521,37 @@ fn signature_ok(parsed: &token::ParsedToken<'_>, key: &Key) -> bool {
             return false;
         }
     }
+    jsonwebtoken::crypto::verify(
+        parsed.signature_b64,
+        parsed.signing_input.as_bytes(),
+        &key.decoding,
+        key.alg,
+    )
+    .unwrap_or(false)
+}
+
+/// An HMAC signature checked with the key built when the registry was loaded: what
+/// `jsonwebtoken::crypto::verify` does (decode the base64url signature, compare the MAC
+/// in constant time) without setting the key up again. A signature over 128 characters
+/// decodes to more than 96 bytes, longer than any HMAC (64 at most), so it is refused
+/// without decoding, as the comparison would refuse it.
+fn hmac_ok(parsed: &token::ParsedToken<'_>, key: &aws_lc_rs::hmac::Key) -> bool {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let mut sig = [0u8; 96];
+    if parsed.signature_b64.len() > 128 {
+        return false;
+    }
+    match URL_SAFE_NO_PAD.decode_slice(parsed.signature_b64, &mut sig) {
+        Ok(n) => aws_lc_rs::hmac::verify(key, parsed.signing_input.as_bytes(), &sig[..n]).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The signature check as it was before [`hmac_ok`]: jsonwebtoken with the key set up
+/// per call. The reference the unit tests compare [`signature_ok`] with.
+#[cfg(test)]
+fn signature_ok_reference(parsed: &token::ParsedToken<'_>, key: &Key) -> bool {
     jsonwebtoken::crypto::verify(
         parsed.signature_b64,
         parsed.signing_input.as_bytes(),

@@ -392,3 +392,143 @@ fn forget_revoked_drops_only_covered_tokens_from_the_caches() {
     assert_eq!(v.forget_revoked(&[Revocation::Kid("hs".into())]), 1);
     assert_eq!(v.cache_len(), 0);
 }
+
+/// HS256/384/512 keys from secrets and from a JWK, and tokens signed with them.
+fn hmac_cases() -> (KeyRegistry, Vec<(String, String)>) {
+    use crate::keys::{KeyMaterial, KeySpec};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let secret = |n: u8| vec![n; 48];
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(json!({
+        "kty": "oct", "kid": "hj", "alg": "HS256",
+        "k": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret(9)),
+    }))
+    .expect("jwk");
+    let spec = |kid: &str, alg, material| KeySpec {
+        kid: kid.into(),
+        alg,
+        material,
+        state: KeyState::Active,
+    };
+    let registry = KeyRegistry::build(vec![
+        spec("h2", Algorithm::HS256, KeyMaterial::Secret(secret(1))),
+        spec("h3", Algorithm::HS384, KeyMaterial::Secret(secret(2))),
+        spec("h5", Algorithm::HS512, KeyMaterial::Secret(secret(3))),
+        spec("hj", Algorithm::HS256, KeyMaterial::Jwk(Box::new(jwk))),
+    ])
+    .expect("registry builds");
+    let sign = |kid: &str, alg, n: u8| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        encode(&h, &claims(kid), &EncodingKey::from_secret(&secret(n))).expect("sign")
+    };
+    let mut tokens = Vec::new();
+    for (kid, alg, n) in [
+        ("h2", Algorithm::HS256, 1),
+        ("h3", Algorithm::HS384, 2),
+        ("h5", Algorithm::HS512, 3),
+        ("hj", Algorithm::HS256, 9),
+    ] {
+        tokens.push(("valid".to_owned(), sign(kid, alg, n)));
+        tokens.push(("wrong key".to_owned(), sign(kid, alg, n + 100)));
+    }
+    (registry, tokens)
+}
+
+#[test]
+fn hmac_keys_built_once_give_the_same_results_as_jsonwebtoken() {
+    let (registry, tokens) = hmac_cases();
+    for key in registry.iter() {
+        assert!(key.hmac.is_some(), "{} has its HMAC key", key.kid);
+    }
+    let v = Verifier::new(registry, Policy::default());
+    let mut checked = 0;
+    for (what, t) in &tokens {
+        let expect = if what == "valid" {
+            Ok(())
+        } else {
+            Err(Reason::BadSignature)
+        };
+        assert_eq!(v.verify(t, NOW).map(|_| ()), expect, "{what}: {t}");
+        let (rest, sig) = t.rsplit_once('.').expect("three segments");
+        // Tampered signatures: every character changed in turn, cut, lengthened, padded,
+        // emptied of its last bits, doubled, and one of 200 characters.
+        let mut sigs: Vec<String> = Vec::new();
+        for i in 0..sig.len() {
+            let mut b = sig.as_bytes().to_vec();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            sigs.push(String::from_utf8(b).expect("ascii"));
+        }
+        sigs.extend([
+            sig[..sig.len() - 1].to_owned(),
+            sig[..sig.len() - 4].to_owned(),
+            format!("{sig}A"),
+            format!("{sig}AAAA"),
+            format!("{sig}{sig}"),
+            "A".repeat(200),
+            "A".repeat(128),
+            "A".repeat(129),
+            "A".to_owned(),
+        ]);
+        let registry = v.registry();
+        for s in std::iter::once(sig.to_owned()).chain(sigs) {
+            let forged = format!("{rest}.{s}");
+            let Ok(p) = token::parse(&forged, 8192) else {
+                continue;
+            };
+            let key = registry
+                .get(p.header.kid.as_deref().expect("kid"))
+                .expect("key");
+            assert_eq!(
+                signature_ok(&p, key),
+                signature_ok_reference(&p, key),
+                "{forged}"
+            );
+            if s != sig {
+                assert!(
+                    !signature_ok(&p, key),
+                    "tampered signature passed: {forged}"
+                );
+            }
+            checked += 1;
+        }
+        // A tampered payload under the original signature.
+        let (h, _) = rest.split_once('.').expect("header");
+        let other = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            r#"{"sub":"mallory","jti":"x","exp":1800000600}"#,
+        );
+        assert_eq!(
+            v.verify(&format!("{h}.{other}.{sig}"), NOW).err(),
+            Some(Reason::BadSignature)
+        );
+    }
+    assert!(checked > 400, "{checked}");
+}
+
+#[test]
+fn hmac_tokens_under_another_alg_are_refused_before_the_signature() {
+    let (hmac_registry, _) = hmac_cases();
+    let v = Verifier::new(hmac_registry, Policy::default());
+    // h3 is HS384: a token saying HS256 (validly signed with h3's secret) is refused for
+    // its alg, and so is one saying HS512.
+    for alg in [Algorithm::HS256, Algorithm::HS512] {
+        let mut h = jsonwebtoken::Header::new(alg);
+        h.kid = Some("h3".into());
+        let t = jsonwebtoken::encode(
+            &h,
+            &claims("x"),
+            &jsonwebtoken::EncodingKey::from_secret(&[2; 48]),
+        )
+        .expect("sign");
+        assert_eq!(v.verify(&t, NOW).err(), Some(Reason::AlgMismatch));
+    }
+    // Keys of other families carry no HMAC key.
+    for key in registry().iter() {
+        assert_eq!(
+            key.hmac.is_some(),
+            key.alg == Algorithm::HS256,
+            "{}",
+            key.kid
+        );
+    }
+}

@@ -105,9 +105,10 @@ pub struct Hit {
 }
 
 /// What the request gets.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Decision {
     /// Proxy it.
+    #[default]
     Pass,
     /// 429, retry after this many seconds.
     RateLimit {
@@ -126,7 +127,7 @@ pub enum Decision {
 }
 
 /// The engine's answer for one request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct Verdict {
     /// What to do.
@@ -589,12 +590,20 @@ impl Engine {
 
     /// Evaluates a request: counts it in every matching rule and decides.
     pub fn evaluate(&self, f: &Facts<'_>) -> Verdict {
-        let mut v = Verdict {
-            decision: Decision::Pass,
-            decided_by: None,
-            hits: Vec::new(),
-            tags: Vec::new(),
-        };
+        let mut v = Verdict::default();
+        self.evaluate_into(f, &mut v);
+        v
+    }
+
+    /// [`Engine::evaluate`] into a verdict the caller keeps from one request to the
+    /// next: its previous contents are replaced, and its `hits` and `tags` keep their
+    /// allocations, so a caller evaluating many requests in a row (log replay) allocates
+    /// nothing for them once they have grown.
+    pub fn evaluate_into(&self, f: &Facts<'_>, v: &mut Verdict) {
+        v.decision = Decision::Pass;
+        v.decided_by = None;
+        v.hits.clear();
+        v.tags.clear();
         let mut strongest: Option<(u8, i64)> = None;
         let mut decide =
             |v: &mut Verdict, severity: u8, priority: i64, d: Decision, by: &Arc<str>| {
@@ -610,7 +619,7 @@ impl Engine {
                     let until_ms = self.bans.get(&(MANUAL, k)).map(|b| b.until_ms);
                     if let Some(until_ms) = until_ms.filter(|u| *u > f.now_ms) {
                         decide(
-                            &mut v,
+                            v,
                             6,
                             i64::MIN,
                             Decision::Banned { until_ms },
@@ -623,10 +632,10 @@ impl Engine {
         let bans_exist = self.ban_count.load(Ordering::Relaxed) > 0;
         let set = self.set.load();
         let mut memo = Memo::default();
-        // Hits and tags with their rule's index, put back in priority order at the end
-        // (groups are visited key by key). No allocation unless a rule fires.
-        let mut hits: Vec<(usize, Hit)> = Vec::new();
-        let mut tags: Vec<(usize, Arc<str>)> = Vec::new();
+        // Hits and tags go straight into the verdict, each at its rule's place in
+        // priority order (groups are visited key by key); these hold the rule indexes.
+        let mut hit_order = RuleOrder::new();
+        let mut tag_order = RuleOrder::new();
         // Phase 1: the key of every group with a matching rule, and a prefetch of its
         // entry, so that the cache misses of all groups overlap instead of queueing
         // behind each other's locks (`table.rs`).
@@ -706,7 +715,7 @@ impl Engine {
                     let until_ms = self.bans.get(&(c.fingerprint, key)).map(|b| b.until_ms);
                     if let Some(until_ms) = until_ms.filter(|u| *u > f.now_ms) {
                         decide(
-                            &mut v,
+                            v,
                             r.action.severity(),
                             r.priority,
                             Decision::Banned { until_ms },
@@ -739,11 +748,14 @@ impl Engine {
                 if enforce {
                     match &r.action {
                         Action::Log => {}
-                        Action::Tag => tags.push((ri, Arc::clone(&c.name))),
+                        Action::Tag => {
+                            let at = tag_order.insert(ri);
+                            v.tags.insert(at, Arc::clone(&c.name));
+                        }
                         Action::RateLimit => {
                             let ms = SlidingCount::ms_to_window_end(f.now_ms, c.window_ms);
                             decide(
-                                &mut v,
+                                v,
                                 2,
                                 r.priority,
                                 Decision::RateLimit {
@@ -752,10 +764,10 @@ impl Engine {
                                 &c.name,
                             );
                         }
-                        Action::Block => decide(&mut v, 3, r.priority, Decision::Block, &c.name),
+                        Action::Block => decide(v, 3, r.priority, Decision::Block, &c.name),
                         Action::RevokeToken => {
                             if f.token.is_some() {
-                                decide(&mut v, 4, r.priority, Decision::RevokeToken, &c.name);
+                                decide(v, 4, r.priority, Decision::RevokeToken, &c.name);
                             }
                         }
                         Action::Ban(ttl) => {
@@ -769,31 +781,17 @@ impl Engine {
                                 f.now_ms,
                                 until_ms,
                             );
-                            decide(
-                                &mut v,
-                                5,
-                                r.priority,
-                                Decision::Banned { until_ms },
-                                &c.name,
-                            );
+                            decide(v, 5, r.priority, Decision::Banned { until_ms }, &c.name);
                         }
                     }
                 }
                 if hit.crossed || hit.ban_placed {
                     hit.key = Some(describe(&r.key, f));
                 }
-                hits.push((ri, hit));
+                let at = hit_order.insert(ri);
+                v.hits.insert(at, hit);
             }
         }
-        if !hits.is_empty() {
-            hits.sort_by_key(|(ri, _)| *ri);
-            v.hits = hits.into_iter().map(|(_, h)| h).collect();
-        }
-        if !tags.is_empty() {
-            tags.sort_by_key(|(ri, _)| *ri);
-            v.tags = tags.into_iter().map(|(_, t)| t).collect();
-        }
-        v
     }
 
     /// Places a ban unless one is in force; returns whether it placed one.
@@ -1357,6 +1355,42 @@ pub fn describe_key(fields: &[Field], f: &Facts<'_>, out: &mut String) {
 /// Key groups planned (keyed and prefetched) before any is counted; later ones are
 /// handled one at a time.
 const PLAN: usize = 16;
+
+/// The rule indexes of what a verdict gathered (hits or tags), in the order they sit,
+/// so that each next one is inserted at its rule's place: inline up to 32, on the heap
+/// beyond (one rule, one hit: only a pack of more than 32 rules firing at once spills).
+struct RuleOrder {
+    inline: [usize; 32],
+    len: usize,
+    heap: Vec<usize>,
+}
+
+impl RuleOrder {
+    fn new() -> Self {
+        Self {
+            inline: [0; 32],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    /// Where rule `ri`'s item goes (after any of an equal index), noted there.
+    fn insert(&mut self, ri: usize) -> usize {
+        if self.heap.is_empty() && self.len < self.inline.len() {
+            let at = self.inline[..self.len].partition_point(|&r| r <= ri);
+            self.inline.copy_within(at..self.len, at + 1);
+            self.inline[at] = ri;
+            self.len += 1;
+            return at;
+        }
+        if self.heap.is_empty() {
+            self.heap.extend_from_slice(&self.inline[..self.len]);
+        }
+        let at = self.heap.partition_point(|&r| r <= ri);
+        self.heap.insert(at, ri);
+        at
+    }
+}
 
 /// Bit `i` set when the rule in slot `i` of the group matches the request.
 fn match_mask(set: &RuleSet, g: &Group, f: &Facts<'_>) -> u8 {

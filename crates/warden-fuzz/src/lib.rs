@@ -3,7 +3,7 @@
 //!
 //! | target | input | what must hold |
 //! |---|---|---|
-//! | [`token`] | a compact JWS as sent by a client | parsing and verification never panic; a token that verifies parsed, names a registry key and carries that key's `alg` |
+//! | [`token`] | a compact JWS as sent by a client | parsing and verification never panic; a token that verifies parsed, names a registry key and carries that key's `alg`; the parse reads every token as the `serde_json::Map` parse does (same header and claims, or the same error) |
 //! | [`config`] | a `warden.toml` | compiling never panics; every diagnostic points inside the file |
 //! | [`rules`] | a rule file | the same |
 //! | [`ingest_line`] | one line of a ledger JSON-lines import (`warden ledger import`, the admin batch endpoint's objects) | never panics; an accepted record is valid |
@@ -69,6 +69,9 @@ pub fn token(data: &[u8]) {
     };
     let v = verifier();
     let parsed = warden_core::token::parse(s, v.policy().max_token_bytes);
+    if let Err(e) = warden_core::token::check_against_serde(s, v.policy().max_token_bytes) {
+        panic!("the token parse and the Map parse disagree: {e}");
+    }
     if let Ok(checked) = v.verify(s, NOW) {
         let p = parsed.unwrap_or_else(|e| panic!("verified a token that does not parse: {e}"));
         let kid = p

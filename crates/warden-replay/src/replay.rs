@@ -121,6 +121,8 @@ pub struct Replayer {
     ledger: MemIndex,
     revoked: HashSet<TokenId>,
     token_memo: HashMap<u64, Option<(Box<str>, TokenId)>>,
+    /// The engine's verdict, kept from one request to the next for its buffers.
+    verdict: Verdict,
     header_names: Vec<Box<str>>,
     next_sweep_ms: u64,
     last_ms: u64,
@@ -212,6 +214,7 @@ impl Replayer {
             ledger,
             revoked: HashSet::new(),
             token_memo: HashMap::new(),
+            verdict: Verdict::default(),
             header_names: setup.header_names,
             next_sweep_ms: 0,
             last_ms: 0,
@@ -316,7 +319,8 @@ impl Replayer {
             headers: &headers,
             claims: &claims,
         };
-        let verdict = self.engine.evaluate(&facts);
+        let mut verdict = std::mem::take(&mut self.verdict);
+        self.engine.evaluate_into(&facts, &mut verdict);
 
         // 3. A provenance refusal first, then the rules' decision.
         let d = if reason != Reason::Ok {
@@ -354,6 +358,7 @@ impl Replayer {
         let rules = &self.rules;
         self.stats
             .count(req, now_ms, &d, Some(&verdict), Some((&facts, rules)));
+        self.verdict = verdict;
         d
     }
 
@@ -375,11 +380,13 @@ fn unverified(
         return hit.clone();
     }
     let parsed = token::parse(token, 8192).ok().and_then(|p| {
-        let account = token::string_claim(&p.claims, account_claim)
+        let account = p
+            .claims
+            .string(account_claim)
             .ok()
             .flatten()
             .filter(|a| !a.is_empty())?;
-        let id = match token::string_claim(&p.claims, "jti").ok().flatten() {
+        let id = match p.claims.string("jti").ok().flatten() {
             Some(j) if !j.is_empty() => TokenId::from_jti(j),
             _ => TokenId::from_token(token),
         };

@@ -90,7 +90,7 @@ fn load_records(files: &[PathBuf], verifier: &Verifier) -> Result<Vec<Record>, (
                         .get("token")
                         .and_then(serde_json::Value::as_str)
                         .and_then(|t| warden_core::token::parse(t, 1 << 16).ok())
-                        .and_then(|p| warden_core::token::numeric_date(&p.claims, "iat").ok())
+                        .and_then(|p| p.claims.numeric_date("iat").ok())
                         .flatten()
                         .unwrap_or(0);
                     record_from_json(v, verifier, iat).map_err(|e| e.to_string())
