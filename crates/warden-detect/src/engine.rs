@@ -633,9 +633,10 @@ impl Engine {
         let set = self.set.load();
         let mut memo = Memo::default();
         // Hits and tags go straight into the verdict, each at its rule's place in
-        // priority order (groups are visited key by key); these hold the rule indexes.
-        let mut hit_order = RuleOrder::new();
-        let mut tag_order = RuleOrder::new();
+        // priority order (groups are visited key by key); these hold the rule indexes,
+        // set up by the first hit or tag (a request that fires nothing pays nothing).
+        let mut hit_order: Option<RuleOrder> = None;
+        let mut tag_order: Option<RuleOrder> = None;
         // Phase 1: the key of every group with a matching rule, and a prefetch of its
         // entry, so that the cache misses of all groups overlap instead of queueing
         // behind each other's locks (`table.rs`).
@@ -749,7 +750,7 @@ impl Engine {
                     match &r.action {
                         Action::Log => {}
                         Action::Tag => {
-                            let at = tag_order.insert(ri);
+                            let at = tag_order.get_or_insert_with(RuleOrder::new).insert(ri);
                             v.tags.insert(at, Arc::clone(&c.name));
                         }
                         Action::RateLimit => {
@@ -788,7 +789,7 @@ impl Engine {
                 if hit.crossed || hit.ban_placed {
                     hit.key = Some(describe(&r.key, f));
                 }
-                let at = hit_order.insert(ri);
+                let at = hit_order.get_or_insert_with(RuleOrder::new).insert(ri);
                 v.hits.insert(at, hit);
             }
         }
