@@ -121,6 +121,7 @@ pub fn compile_str(path: &Path, src: &str) -> Result<Loaded, Vec<Diagnostic>> {
         base,
         sections: Sections::default(),
         failed: Vec::new(),
+        key_files: Vec::new(),
     };
     c.read_sections(doc.get_ref());
     let config = c.compile(path);
@@ -163,6 +164,8 @@ struct Compiler<'a> {
     base: PathBuf,
     sections: Sections,
     failed: Vec<&'static str>,
+    /// Every key and JWKS file read, for [`Config::key_files`].
+    key_files: Vec<PathBuf>,
 }
 
 impl Compiler<'_> {
@@ -284,6 +287,7 @@ impl Compiler<'_> {
             token,
             policy,
             keys,
+            key_files: std::mem::take(&mut self.key_files),
             ledger,
             routes,
             rules,
@@ -1024,6 +1028,7 @@ impl Compiler<'_> {
                     (None, None) => continue,
                 };
                 let file = self.path(v.get_ref());
+                self.key_files.push(file.clone());
                 match std::fs::read(&file) {
                     Ok(bytes) if field == "pem_file" => KeyMaterial::Pem(bytes),
                     Ok(bytes) => KeyMaterial::Secret(trim_ascii_end(bytes)),
@@ -1047,6 +1052,7 @@ impl Compiler<'_> {
         if let Some(files) = &jwks.files {
             for f in files.get_ref() {
                 let file = self.path(f.get_ref());
+                self.key_files.push(file.clone());
                 let text = match std::fs::read_to_string(&file) {
                     Ok(t) => t,
                     Err(e) => {

@@ -28,6 +28,9 @@ pub struct Config {
     pub policy: Policy,
     /// Keys, with their material read.
     pub keys: Vec<KeySpec>,
+    /// The files the keys were read from (`pem_file`, `secret_file`, `jwks.files`), so
+    /// that a change to one reloads the configuration.
+    pub key_files: Vec<PathBuf>,
     /// The token ledger.
     pub ledger: Ledger,
     /// Route classes by path.
