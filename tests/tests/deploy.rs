@@ -5,7 +5,8 @@
 //!   or the host sees it;
 //! - the copies the Kubernetes kustomization needs (it cannot reach outside its directory)
 //!   are identical to the originals, and the pod's projected volume lists every file the
-//!   configuration names;
+//!   configuration names, in the single-node StatefulSet and in the fleet overlay's
+//!   Deployment;
 //! - the compose file mounts files that exist, where the configurations expect them, and
 //!   its Prometheus configuration passes `promtool check config`;
 //! - the image's health check command succeeds against a real warden's admin API and fails
@@ -159,34 +160,46 @@ fn kubernetes_copies_are_identical_to_the_originals() {
     );
 }
 
-#[test]
-fn kubernetes_pod_gets_every_file_the_configuration_names() {
-    let sts = read(&deploy("kubernetes/statefulset.yaml"));
-    let kustomization = read(&deploy("kubernetes/kustomization.yaml"));
-    // Files placed in the projected volume at /etc/warden (`path:` of each item).
-    let items: Vec<&str> = sts
+/// Asserts that the projected volume of `manifest` (the `path:` of each item, placed at
+/// /etc/warden) holds every relative file `config` names (rule files, key files, the
+/// admin token, the fleet key) and the configuration itself; returns the items.
+fn pod_mounts_every_named_file(manifest: &str, config: &str) -> Vec<String> {
+    let pod = read(&deploy(manifest));
+    let items: Vec<String> = pod
         .lines()
         .filter_map(|l| l.trim().strip_prefix("path: "))
+        .map(str::to_owned)
         .collect();
-    let config = read(&deploy("kubernetes/warden.toml"));
-    // Every relative file the configuration names: rule files, key files, the token.
-    let named: Vec<String> = config
+    let named: Vec<String> = read(&deploy(config))
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .flat_map(|l| l.split('"').skip(1).step_by(2).map(str::to_owned))
-        .filter(|v| v.starts_with("rules/") || v.starts_with("keys/") || v == "admin.token")
+        .filter(|v| {
+            v.starts_with("rules/")
+                || v.starts_with("keys/")
+                || v == "admin.token"
+                || v == "fleet.key"
+        })
         .collect();
     assert!(
         named.len() >= 4,
-        "expected a rule file, two keys and the admin token in warden.toml: {named:?}"
+        "expected a rule file, two keys and the admin token in {config}: {named:?}"
     );
     for file in named.iter().map(String::as_str).chain(["warden.toml"]) {
         assert!(
-            items.contains(&file),
-            "warden.toml needs {file}, but the projected volume in statefulset.yaml has no \
+            items.iter().any(|i| i == file),
+            "{config} needs {file}, but the projected volume in {manifest} has no \
              item with `path: {file}` (items: {items:?})"
         );
     }
+    items
+}
+
+#[test]
+fn kubernetes_pod_gets_every_file_the_configuration_names() {
+    let kustomization = read(&deploy("kubernetes/kustomization.yaml"));
+    let items =
+        pod_mounts_every_named_file("kubernetes/statefulset.yaml", "kubernetes/warden.toml");
     // Every rule or key file in the directory is generated into a ConfigMap and mounted.
     for sub in ["rules", "keys"] {
         for entry in std::fs::read_dir(deploy(&format!("kubernetes/{sub}"))).expect("read dir") {
@@ -201,7 +214,7 @@ fn kubernetes_pod_gets_every_file_the_configuration_names() {
                 "kustomization.yaml does not generate {rel}"
             );
             assert!(
-                items.contains(&rel.as_str()),
+                items.contains(&rel),
                 "statefulset.yaml does not mount {rel}"
             );
         }
@@ -217,6 +230,73 @@ fn kubernetes_pod_gets_every_file_the_configuration_names() {
         !exposes_admin,
         "the Service exposes the admin port:\n{service}"
     );
+}
+
+#[test]
+fn kubernetes_fleet_overlay_mounts_what_its_configuration_names_and_checks() {
+    // The fleet overlay replaces the base's StatefulSet by a Deployment and its
+    // warden.toml by one with a [fleet] section; the rules and keys stay the base's.
+    let items = pod_mounts_every_named_file(
+        "kubernetes-fleet/deployment.yaml",
+        "kubernetes-fleet/warden.toml",
+    );
+    assert!(items.iter().any(|i| i == "fleet.key"), "{items:?}");
+    let config = read(&deploy("kubernetes-fleet/warden.toml"));
+    assert!(config.contains("\n[fleet]\n"), "{config}");
+    assert!(
+        !config.contains("\n[ledger]\n"),
+        "the fleet's ledger is Redis, not a file"
+    );
+    let deployment = read(&deploy("kubernetes-fleet/deployment.yaml"));
+    assert!(deployment.contains("kind: Deployment"));
+    assert!(
+        !deployment.contains("volumeClaimTemplates") && !deployment.contains("ledger.redb"),
+        "a Deployment's pods must not share or claim a ledger volume"
+    );
+    let kustomization = read(&deploy("kubernetes-fleet/kustomization.yaml"));
+    for needed in [
+        "  - ../kubernetes\n",
+        "  - deployment.yaml\n",
+        "  - redis.yaml\n",
+        "$patch: delete",
+        "behavior: replace",
+    ] {
+        assert!(
+            kustomization.contains(needed),
+            "kubernetes-fleet/kustomization.yaml lost `{needed}`"
+        );
+    }
+    // Redis as warden's configuration expects it: durable writes, at the named Service.
+    let redis = read(&deploy("kubernetes-fleet/redis.yaml"));
+    for needed in [
+        "- --appendonly\n",
+        "- --appendfsync\n            - always\n",
+        "name: redis\n",
+    ] {
+        assert!(redis.contains(needed), "redis.yaml lost `{needed}`");
+    }
+    assert!(
+        config.contains("redis://redis.warden.svc:6379/"),
+        "{config}"
+    );
+
+    // `warden check` in the pod's layout: the base's rules and keys, a fleet key.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        deploy("kubernetes-fleet/warden.toml"),
+        dir.path().join("warden.toml"),
+    )
+    .expect("copy warden.toml");
+    for sub in ["rules", "keys"] {
+        symlink(
+            &deploy(&format!("kubernetes/{sub}"))
+                .canonicalize()
+                .expect(sub),
+            &dir.path().join(sub),
+        );
+    }
+    std::fs::write(dir.path().join("fleet.key"), [7u8; 32]).expect("write fleet.key");
+    warden_check(&dir.path().join("warden.toml"));
 }
 
 // === compose ===

@@ -217,6 +217,52 @@ ban_for = "1h"
 }
 
 #[test]
+fn ended_bans_leave_redis_while_the_nodes_run() {
+    // Bans are kept in a Redis hash that every starting node reads whole; ended ones must
+    // go while the fleet runs (not only when a node starts), or the hash grows with every
+    // ban ever placed.
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    let (a, _b, _keys) = two_nodes(&redis, &up, "", "prune");
+    for (ip, ttl) in [("127.0.0.20", "1s"), ("127.0.0.21", "1h")] {
+        let r = a.admin(
+            "POST",
+            "/decisions",
+            &format!(r#"{{"field":"ip","value":"{ip}","ttl":"{ttl}"}}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let count =
+        |cmd: &str, key: &str| -> Option<u32> { redis.cli(&[cmd, key]).trim().parse().ok() };
+    let both = wait_for(Duration::from_secs(2), || {
+        (count("HLEN", "prune:bans") == Some(2) && count("ZCARD", "prune:bans:end") == Some(2))
+            .then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "the two bans did not reach Redis: {}",
+        redis.cli(&["HKEYS", "prune:bans"])
+    );
+    // Pruned every 20 sync intervals (2 s here), after the 1 s ban ended.
+    let pruned = wait_for(Duration::from_secs(6), || {
+        (count("HLEN", "prune:bans") == Some(1) && count("ZCARD", "prune:bans:end") == Some(1))
+            .then_some(())
+    });
+    assert!(
+        pruned.is_some(),
+        "the ended ban is still in Redis: {} / {}",
+        redis.cli(&["HGETALL", "prune:bans"]),
+        redis.cli(&["ZRANGE", "prune:bans:end", "0", "-1", "WITHSCORES"])
+    );
+    // The one still running stays, and still applies.
+    assert!(
+        redis.cli(&["HGETALL", "prune:bans"]).contains("127.0.0.21"),
+        "{}",
+        redis.cli(&["HGETALL", "prune:bans"])
+    );
+}
+
+#[test]
 fn a_scraper_spread_over_two_nodes_is_caught_by_a_fleet_rule_not_by_a_local_one() {
     let redis = Redis::start();
     let up = Upstream::start(kid::ACTIVE);

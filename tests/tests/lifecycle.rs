@@ -625,3 +625,35 @@ fn warden_upgrade_hands_over_and_tells_systemd_the_new_main_pid() {
         "the new process did not stop"
     );
 }
+
+#[test]
+fn upstream_peers_may_be_host_names_resolved_at_start() {
+    // The same upstream named `localhost`: after a restart warden resolves the name and
+    // proxies to it. (If `localhost` also resolves to ::1, where nothing listens, the
+    // health check takes that peer out within a second: hence the wait for a run of 200s.)
+    let up = Upstream::start(kid::ACTIVE);
+    let mut w = Warden::start(&up, "");
+    let tok = token(SampleKey::RsA, kid::ACTIVE, "alice", now());
+    w.record(&tok);
+    let config = std::fs::read_to_string(w.config_path()).expect("read config");
+    let by_address = format!("peers = [\"{}\"]", up.addr);
+    let by_name = format!("peers = [\"localhost:{}\"]", up.addr.port());
+    assert!(config.contains(&by_address), "{config}");
+    std::fs::write(w.config_path(), config.replace(&by_address, &by_name)).expect("write");
+    w.restart();
+    let served = wait_for(Duration::from_secs(5), || {
+        (0..5)
+            .all(|_| w.get("/account/a", &tok).status == 200)
+            .then_some(())
+    });
+    assert!(served.is_some(), "{}", w.log());
+    assert!(
+        w.log().contains(&format!(
+            "upstreams [\"localhost:{}\"] ([127.0.0.1:{}",
+            up.addr.port(),
+            up.addr.port()
+        )),
+        "{}",
+        w.log()
+    );
+}

@@ -401,6 +401,47 @@ status = "revoked"
 }
 
 #[test]
+fn a_replaced_key_file_reloads_without_a_signal() {
+    // The key behind kid k-active is replaced on disk (the old one leaked): from then on
+    // tokens signed with the old key are refused and tokens signed with the new one are
+    // accepted, with no SIGHUP, no admin call and no change to warden.toml.
+    let up = Upstream::start(kid::ACTIVE);
+    let w = Warden::start(&up, "");
+    let old = token(SampleKey::RsA, kid::ACTIVE, "alice", now());
+    let new = token(SampleKey::RsB, kid::ACTIVE, "alice", now());
+    w.record(&old);
+    assert_eq!(w.get("/account/a", &old).status, 200);
+    // Signed by a key warden does not know yet: not even recordable.
+    let refused = w.admin(
+        "POST",
+        "/ledger/records",
+        &json!({ "token": new }).to_string(),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let config_before = std::fs::read(w.config_path()).expect("read config");
+    let key_file = w.config_path().with_file_name("keys").join("a.pub");
+    // Written aside and renamed over, as a deploy tool would: the watch compares
+    // modification times, which a same-second rewrite in place could leave equal.
+    let aside = key_file.with_extension("new");
+    std::fs::write(&aside, warden_core::fixtures::RS256_B_PUB).expect("write key");
+    std::fs::rename(&aside, &key_file).expect("rename key");
+    let applied = wait_for(Duration::from_secs(3), || {
+        (w.get("/account/a", &old).status == 401).then_some(())
+    });
+    assert!(
+        applied.is_some(),
+        "a token signed by the replaced key still passes 3 s later"
+    );
+    w.record(&new);
+    assert_eq!(w.get("/account/a", &new).status, 200);
+    assert_eq!(
+        std::fs::read(w.config_path()).expect("read config"),
+        config_before
+    );
+    assert_eq!(w.metric("warden_reloads_total{outcome=\"ok\"}"), 1.0);
+}
+
+#[test]
 fn bad_input_gets_a_clear_refusal_and_warden_keeps_serving() {
     let up = Upstream::start(kid::ACTIVE);
     let mut w = Warden::start(&up, "");

@@ -121,6 +121,7 @@ pub fn compile_str(path: &Path, src: &str) -> Result<Loaded, Vec<Diagnostic>> {
         base,
         sections: Sections::default(),
         failed: Vec::new(),
+        key_files: Vec::new(),
     };
     c.read_sections(doc.get_ref());
     let config = c.compile(path);
@@ -163,6 +164,8 @@ struct Compiler<'a> {
     base: PathBuf,
     sections: Sections,
     failed: Vec<&'static str>,
+    /// Every key and JWKS file read, for [`Config::key_files`].
+    key_files: Vec<PathBuf>,
 }
 
 impl Compiler<'_> {
@@ -284,6 +287,7 @@ impl Compiler<'_> {
             token,
             policy,
             keys,
+            key_files: std::mem::take(&mut self.key_files),
             ledger,
             routes,
             rules,
@@ -739,6 +743,25 @@ impl Compiler<'_> {
         }
     }
 
+    /// An upstream peer: `IP:PORT`, or `HOST:PORT` with a valid host name (resolved at
+    /// start, not here: `warden check` and reloads make no DNS queries).
+    fn peer(&mut self, v: &S<String>) -> Option<String> {
+        let s = v.get_ref();
+        let named = s.rsplit_once(':').is_some_and(|(host, port)| {
+            port.parse::<u16>().is_ok_and(|p| p != 0) && is_host_name(host)
+        });
+        if s.parse::<SocketAddr>().is_ok() || named {
+            return Some(s.clone());
+        }
+        self.sink.error(
+            v.span(),
+            format!(
+                "upstream.peers: {s:?} is not an address; expected IP:PORT like \"127.0.0.1:8080\" or \"[::1]:8080\", or HOST:PORT like \"web.internal:8080\""
+            ),
+        );
+        None
+    }
+
     fn path(&self, v: &str) -> PathBuf {
         let p = Path::new(v);
         if p.is_absolute() {
@@ -836,7 +859,7 @@ impl Compiler<'_> {
         match &u.peers {
             Some(list) => {
                 for p in list.get_ref() {
-                    if let Some(a) = self.addr("upstream.peers", p) {
+                    if let Some(a) = self.peer(p) {
                         peers.push(a);
                     }
                 }
@@ -1024,6 +1047,7 @@ impl Compiler<'_> {
                     (None, None) => continue,
                 };
                 let file = self.path(v.get_ref());
+                self.key_files.push(file.clone());
                 match std::fs::read(&file) {
                     Ok(bytes) if field == "pem_file" => KeyMaterial::Pem(bytes),
                     Ok(bytes) => KeyMaterial::Secret(trim_ascii_end(bytes)),
@@ -1047,6 +1071,7 @@ impl Compiler<'_> {
         if let Some(files) = &jwks.files {
             for f in files.get_ref() {
                 let file = self.path(f.get_ref());
+                self.key_files.push(file.clone());
                 let text = match std::fs::read_to_string(&file) {
                     Ok(t) => t,
                     Err(e) => {
@@ -1369,6 +1394,26 @@ impl Compiler<'_> {
 
 /// Drops one trailing line ending (as editors add), nothing else: a secret's bytes are
 /// taken as they are.
+/// A DNS host name (RFC 1123): dot-separated labels of 1 to 63 letters, digits and
+/// hyphens, not starting or ending with a hyphen, 253 bytes at most, the last label not
+/// all digits (so that a mistyped address like `10.0.0:80` is not taken for a name).
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(label_ok)
+        && host
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| !tld.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn trim_ascii_end(mut v: Vec<u8>) -> Vec<u8> {
     if v.last() == Some(&b'\n') {
         v.pop();

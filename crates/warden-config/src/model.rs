@@ -28,6 +28,9 @@ pub struct Config {
     pub policy: Policy,
     /// Keys, with their material read.
     pub keys: Vec<KeySpec>,
+    /// The files the keys were read from (`pem_file`, `secret_file`, `jwks.files`), so
+    /// that a change to one reloads the configuration.
+    pub key_files: Vec<PathBuf>,
     /// The token ledger.
     pub ledger: Ledger,
     /// Route classes by path.
@@ -183,8 +186,10 @@ pub struct Admin {
 /// Where requests go.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// Upstream servers, used round-robin.
-    pub peers: Vec<SocketAddr>,
+    /// Upstream servers, used round-robin: `IP:PORT`, or `HOST:PORT` resolved once at
+    /// start (every address the name has becomes a peer), as nginx does without a
+    /// `resolver`.
+    pub peers: Vec<String>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Time to wait for each read from the upstream.

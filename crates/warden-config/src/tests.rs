@@ -42,6 +42,39 @@ fn minimal_config_has_safe_defaults() {
 }
 
 #[test]
+fn upstream_peers_are_addresses_or_host_names_with_a_port() {
+    let good = [
+        "127.0.0.1:8081",
+        "[::1]:8081",
+        "localhost:8081",
+        "web.default.svc.cluster.local:80",
+        "web-1.internal.:8080",
+    ];
+    for p in good {
+        let l = ok(&format!("[upstream]\npeers = [\"{p}\"]\n"));
+        assert_eq!(l.config.upstream.peers, [p]);
+    }
+    for p in [
+        "web.internal",      // no port
+        "web.internal:0",    // port 0
+        "web.internal:http", // a service name, not a number
+        "10.0.0:80",         // a mistyped address, not a name
+        "-web.internal:80",
+        "web_1.internal:80",
+        "web..internal:80",
+        ":80",
+        "[::1:80",
+    ] {
+        let e = errs(&format!("[upstream]\npeers = [\"{p}\"]\n"));
+        assert!(
+            e.iter()
+                .any(|m| m.contains(&format!("upstream.peers: {p:?} is not an address"))),
+            "{p}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn every_error_is_reported_at_once_with_its_place() {
     let src = r#"[upstream]
 peers = ["127.0.0.1:8081", "not-an-address"]

@@ -302,6 +302,51 @@ fn ip_prefix_keys_group_a_network() {
 }
 
 #[test]
+fn a_busy_office_network_is_not_blocked_when_the_hour_turns() {
+    // 250 people behind one /24, each reading their account every 10 minutes, under a
+    // 300-accounts-an-hour rule (the default pack's accounts-per-network). Their
+    // accounts recur in every hour, so the count must stay near 250 across each
+    // boundary instead of adding last hour's 250 to this hour's. A scraper in the next
+    // /24 walking new accounts is still blocked.
+    let e = Engine::new(64 * MIB, 1000);
+    e.set_rules(
+        vec![rule(
+            "accounts-per-network",
+            vec![Field::IpPrefix { v4: 24, v6: 64 }],
+            Measure::Distinct(Field::Account),
+            3600,
+            300,
+            Action::Block,
+        )],
+        64 * MIB,
+    );
+    let start = T0 - T0 % 3_600_000;
+    let people: Vec<(String, String)> = (0..250u32)
+        .map(|p| (format!("10.1.2.{}", p % 250 + 1), format!("person-{p}")))
+        .collect();
+    let mut scraped = None;
+    for sec in 0..3 * 3600u64 {
+        let now = start + sec * 1000;
+        for (p, (ip, account)) in people.iter().enumerate() {
+            if (sec + p as u64 * 2).is_multiple_of(600) {
+                let v = eval(&e, &Req::new(ip, account), now);
+                assert_eq!(v.decision, Decision::Pass, "{account} at second {sec}");
+            }
+        }
+        // One new account every 5 s from 10.1.3.9: 720 an hour.
+        if sec.is_multiple_of(5) && scraped.is_none() {
+            let account = format!("victim-{sec}");
+            if eval(&e, &Req::new("10.1.3.9", &account), now).decision == Decision::Block {
+                scraped = Some(sec);
+            }
+        }
+    }
+    // 300 new accounts at one per 5 s: blocked after about 1 500 s.
+    let at = scraped.expect("the scraper is blocked");
+    assert!((1_300..1_700).contains(&at), "blocked at second {at}");
+}
+
+#[test]
 fn matching_by_path_method_and_header() {
     let e = Engine::new(64 * MIB, 1000);
     let mut r = rule(

@@ -8,6 +8,7 @@
 //! | `ns:revoked:accounts` | hash account → cut-off | account revocations |
 //! | `ns:revoked:kids` | set | key-id revocations |
 //! | `ns:bans` | hash ban id → JSON | bans in force, for nodes that start later |
+//! | `ns:bans:end` | sorted set ban id by end (unix ms) | ended bans are dropped from both every 20 `sync_interval`s by a script |
 //! | `ns:stream` | stream, `MAXLEN ~ stream_max_len` | every revocation, ban and lift, in order |
 //! | `ns:cnt:<rule>:<key>:<window index>` | hash node → count | fleet-scope counters; expire after two windows |
 //!
@@ -138,6 +139,11 @@ impl Keys {
     }
     pub(crate) fn bans(&self) -> String {
         format!("{}:bans", self.ns)
+    }
+    /// Sorted set of ban ids by their end (unix ms), to drop ended bans from
+    /// [`Keys::bans`] without reading it whole.
+    pub(crate) fn ban_ends(&self) -> String {
+        format!("{}:bans:end", self.ns)
     }
     pub(crate) fn stream(&self) -> String {
         format!("{}:stream", self.ns)

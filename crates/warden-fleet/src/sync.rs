@@ -100,6 +100,7 @@ async fn bootstrap(inner: &Inner, ledger: &RedisLedger, engine: &Engine) -> Resu
     ledger.forget_cached(&revocations);
     let now = now_ms();
     let mut expired = Vec::new();
+    let mut live_ends = Vec::new();
     for (id, json) in bans {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&json) else {
             log::warn!("fleet: ban {id} in Redis is not JSON; ignored");
@@ -116,6 +117,8 @@ async fn bootstrap(inner: &Inner, ledger: &RedisLedger, engine: &Engine) -> Resu
             expired.push(id);
             continue;
         }
+        // Bans written before the end index existed get their entry (idempotent).
+        live_ends.push((until, id.clone()));
         let _ = engine.apply_fleet_ban(
             scope,
             key,
@@ -124,16 +127,25 @@ async fn bootstrap(inner: &Inner, ledger: &RedisLedger, engine: &Engine) -> Resu
             v["display"].as_str().unwrap_or(""),
         );
     }
-    if !expired.is_empty() {
-        let _: Result<(), String> = inner
-            .timed(
-                "HDEL",
-                redis::cmd("HDEL")
-                    .arg(inner.keys.bans())
-                    .arg(&expired)
-                    .query_async(&mut conn),
-            )
-            .await;
+    if !expired.is_empty() || !live_ends.is_empty() {
+        let mut pipe = redis::pipe();
+        if !expired.is_empty() {
+            pipe.cmd("HDEL")
+                .arg(inner.keys.bans())
+                .arg(&expired)
+                .ignore();
+            pipe.cmd("ZREM")
+                .arg(inner.keys.ban_ends())
+                .arg(&expired)
+                .ignore();
+        }
+        if !live_ends.is_empty() {
+            pipe.cmd("ZADD")
+                .arg(inner.keys.ban_ends())
+                .arg(&live_ends)
+                .ignore();
+        }
+        let _: Result<(), String> = inner.timed("prune bans", pipe.query_async(&mut conn)).await;
     }
     if let Err(e) = warn_unless_durable(inner, &mut conn).await {
         log::debug!("fleet: cannot read Redis's persistence settings: {e}");
@@ -361,14 +373,60 @@ async fn first_is_after_gap(inner: &Inner, from: &str) -> bool {
     }
 }
 
+/// Ended bans are dropped from Redis every this many `sync_interval`s (5 s by default).
+const PRUNE_EVERY_SYNCS: u32 = 20;
+/// Most ended bans dropped by one prune.
+const PRUNE_BATCH: usize = 1000;
+
+/// Drops up to [`PRUNE_BATCH`] ended bans from the bans hash and its end index, in one
+/// script so that a ban placed again under the same id in between (its end moved past
+/// `now` by `ZADD`) is never dropped. Every node runs it; running it twice is harmless.
+const PRUNE_SCRIPT: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids > 0 then
+  redis.call('HDEL', KEYS[1], unpack(ids))
+  redis.call('ZREM', KEYS[2], unpack(ids))
+end
+return #ids
+";
+
+/// Drops ended bans from Redis; returns how many.
+async fn prune(inner: &Inner, now: u64) -> Result<usize, String> {
+    let mut conn = inner.conn.clone();
+    inner
+        .timed(
+            "prune bans",
+            redis::cmd("EVAL")
+                .arg(PRUNE_SCRIPT)
+                .arg(2)
+                .arg(inner.keys.bans())
+                .arg(inner.keys.ban_ends())
+                .arg(now)
+                .arg(PRUNE_BATCH)
+                .query_async(&mut conn),
+        )
+        .await
+}
+
 /// Every `sync_interval`: publishes this node's bans and lifts, pushes its fleet-scope
-/// counts and reads back the other nodes'.
+/// counts and reads back the other nodes'; every [`PRUNE_EVERY_SYNCS`], drops ended bans
+/// from Redis (a ban's end is in its record, so nothing depends on the drop but Redis's
+/// memory and the next node's start-up read).
 pub(crate) async fn counters(inner: Arc<Inner>, state: Arc<FleetState>) {
     let mut tick = tokio::time::interval(inner.cfg.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
     loop {
         tick.tick().await;
         publish(&inner, &state).await;
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(PRUNE_EVERY_SYNCS) {
+            match prune(&inner, now_ms()).await {
+                Ok(n) if n > 0 => log::debug!("fleet: dropped {n} ended bans from Redis"),
+                Ok(_) => {}
+                Err(e) => inner.failed(FleetOp::Publish, &e),
+            }
+        }
         let now = now_ms();
         let items = state.take_sync(now, MAX_SYNC_KEYS);
         if items.is_empty() {
@@ -495,10 +553,16 @@ async fn publish(inner: &Inner, state: &FleetState) {
                     .arg(ban_id(*scope, *key))
                     .arg(ban_json(*scope, *key, *placed_ms, *until_ms, rule, display))
                     .ignore();
+                pipe.cmd("ZADD")
+                    .arg(inner.keys.ban_ends())
+                    .arg(*until_ms)
+                    .arg(ban_id(*scope, *key))
+                    .ignore();
             }
             FleetNote::Lift { id } => {
                 xadd.arg("k").arg("lift").arg("id").arg(id);
                 pipe.cmd("HDEL").arg(inner.keys.bans()).arg(id).ignore();
+                pipe.cmd("ZREM").arg(inner.keys.ban_ends()).arg(id).ignore();
             }
         }
         pipe.add_command(xadd).ignore();

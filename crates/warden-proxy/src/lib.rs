@@ -53,7 +53,8 @@ pub struct Settings {
     pub upstream: Upstream,
     /// Behaviour rules (the rules themselves live in the engine).
     pub rules: RuleSettings,
-    /// Files whose change triggers a reload: the configuration and the rule files.
+    /// Files whose change triggers a reload: the configuration, the rule files and the
+    /// key files.
     pub watched: Vec<std::path::PathBuf>,
     /// Request limits (header and body timeouts, header size and count).
     pub limits: Limits,
@@ -75,6 +76,7 @@ impl Settings {
             },
             watched: std::iter::once(c.source.clone())
                 .chain(c.rules.files.iter().cloned())
+                .chain(c.key_files.iter().cloned())
                 .collect(),
             limits: c.limits.clone(),
         }

@@ -193,6 +193,22 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         Ok(e) => Arc::new(e),
         Err(e) => return fail("events", &e),
     };
+    // Host names are resolved here, once (`warden check` and reloads make no DNS query),
+    // and before the bootstrap: a name that does not resolve must not cost an upgrade
+    // the sockets the old process hands over.
+    let mut peers: Vec<std::net::SocketAddr> = Vec::new();
+    for p in &config.upstream.peers {
+        match std::net::ToSocketAddrs::to_socket_addrs(p.as_str()) {
+            Ok(found) => {
+                let before = peers.len();
+                peers.extend(found);
+                if peers.len() == before {
+                    return fail("upstream.peers", &format!("{p} resolves to no address"));
+                }
+            }
+            Err(e) => return fail("upstream.peers", &format!("cannot resolve {p}: {e}")),
+        }
+    }
     let server_conf = ServerConf {
         threads: config.server.threads,
         pid_file: config.server.pid_file.display().to_string(),
@@ -240,13 +256,7 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
     // Sockets, ledger and state are ours: `warden upgrade` takes this as the hand-over.
     crate::lifecycle::write_pid_file(&config.server.pid_file);
 
-    let peers: Vec<String> = config
-        .upstream
-        .peers
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let mut lb = match LoadBalancer::try_from_iter(peers) {
+    let mut lb = match LoadBalancer::try_from_iter(peers.iter().copied()) {
         Ok(lb) => lb,
         Err(e) => return fail("upstream.peers", &e),
     };
@@ -294,10 +304,11 @@ pub fn serve(config: Config, upgrade: bool, extra: ExtraServices) -> ExitCode {
         server.add_boxed_service(s);
     }
     log::info!(
-        "warden listening on {:?}, admin on {}, upstreams {:?}, ledger {} entries",
+        "warden listening on {:?}, admin on {}, upstreams {:?} ({:?}), ledger {} entries",
         config.server.listen,
         config.admin.listen,
         config.upstream.peers,
+        peers,
         shared.ledger.stats().entries
     );
     server.run(RunArgs {

@@ -63,6 +63,43 @@ fn check_accepts_a_good_file_and_run_refuses_a_bad_one() {
 }
 
 #[test]
+fn run_refuses_an_upstream_name_that_does_not_resolve_before_taking_any_socket() {
+    // `.invalid` never resolves (RFC 6761). `warden check` accepts the name (it makes no
+    // DNS query); `warden run` names it and exits before binding the listener.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listen.local_addr().expect("addr").port();
+    drop(listen);
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n[upstream]\npeers = [\"web.no-such-host.invalid:8080\"]\n[[routes]]\nname = \"a\"\nclass = \"protected\"\npaths = [\"/a/*\"]\n"),
+    )
+    .expect("write");
+    let out = warden().arg("check").arg(&config).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = warden()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warden: upstream.peers: cannot resolve web.no-such-host.invalid:8080"),
+        "{stderr}"
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the listener is still bound"
+    );
+}
+
+#[test]
 fn a_missing_config_is_a_clear_error() {
     let out = warden()
         .args(["check", "/nonexistent/warden.toml"])
