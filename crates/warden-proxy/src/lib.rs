@@ -53,6 +53,9 @@ pub struct Settings {
     pub upstream: Upstream,
     /// Behaviour rules (the rules themselves live in the engine).
     pub rules: RuleSettings,
+    /// `rules.tag_header` parsed once (`None` if it is not a valid header name), so that
+    /// dropping a client's copy does not parse the name on every request.
+    pub tag_header: Option<http::HeaderName>,
     /// Files whose change triggers a reload: the configuration and the rule files.
     pub watched: Vec<std::path::PathBuf>,
     /// Request limits (header and body timeouts, header size and count).
@@ -73,6 +76,7 @@ impl Settings {
                 list: Vec::new(),
                 ..c.rules.clone()
             },
+            tag_header: http::HeaderName::from_bytes(c.rules.tag_header.as_bytes()).ok(),
             watched: std::iter::once(c.source.clone())
                 .chain(c.rules.files.iter().cloned())
                 .collect(),
