@@ -53,6 +53,9 @@ pub struct Settings {
     pub upstream: Upstream,
     /// Behaviour rules (the rules themselves live in the engine).
     pub rules: RuleSettings,
+    /// `rules.tag_header` parsed once (`None` if it is not a valid header name), so that
+    /// dropping a client's copy does not parse the name on every request.
+    pub tag_header: Option<http::HeaderName>,
     /// Files whose change triggers a reload: the configuration, the rule files and the
     /// key files.
     pub watched: Vec<std::path::PathBuf>,
@@ -74,6 +77,7 @@ impl Settings {
                 list: Vec::new(),
                 ..c.rules.clone()
             },
+            tag_header: http::HeaderName::from_bytes(c.rules.tag_header.as_bytes()).ok(),
             watched: std::iter::once(c.source.clone())
                 .chain(c.rules.files.iter().cloned())
                 .chain(c.key_files.iter().cloned())

@@ -1,6 +1,7 @@
 //! The `ProxyHttp` implementation.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
+use pingora::lb::{Backend, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -46,13 +47,48 @@ pub struct Ctx {
 pub struct WardenProxy {
     shared: Arc<Shared>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
+    /// The upstream servers with their peers built once (the pool's backends are static:
+    /// `upstream.peers` applies after a restart), in the pool's order.
+    peers: Box<[(Backend, HttpPeer)]>,
+    /// Round-robin position over `peers`.
+    next: AtomicUsize,
 }
 
 impl WardenProxy {
     /// A proxy over shared state and an upstream pool.
     #[must_use]
     pub fn new(shared: Arc<Shared>, upstreams: Arc<LoadBalancer<RoundRobin>>) -> Self {
-        Self { shared, upstreams }
+        let peers = upstreams
+            .backends()
+            .get_backend()
+            .iter()
+            .map(|b| {
+                (
+                    b.clone(),
+                    HttpPeer::new(b.addr.clone(), false, String::new()),
+                )
+            })
+            .collect();
+        Self {
+            shared,
+            upstreams,
+            peers,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next healthy upstream, round robin, as pingora's `LoadBalancer::select` picks
+    /// it but without its per-request hashing (six SipHash rounds of the backend for the
+    /// selection and its uniqueness check, about 1 000 instructions a request): one
+    /// readiness lookup per backend tried.
+    fn next_peer(&self) -> Option<&HttpPeer> {
+        let n = self.peers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let backends = self.upstreams.backends();
+        (0..n)
+            .map(|i| &self.peers[start.wrapping_add(i) % n])
+            .find(|(b, _)| backends.ready(b))
+            .map(|(_, p)| p)
     }
 }
 
@@ -608,11 +644,10 @@ impl ProxyHttp for WardenProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let backend = self
-            .upstreams
-            .select(b"", 256)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = self
+            .next_peer()
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?
+            .clone();
         if let Some(s) = &ctx.settings {
             let o = &mut peer.options;
             o.connection_timeout = Some(s.upstream.connect_timeout);
@@ -635,7 +670,10 @@ impl ProxyHttp for WardenProxy {
         }
         if let Some(s) = &ctx.settings {
             // The tag header is warden's to set: a client's own copy is dropped.
-            req.remove_header(s.rules.tag_header.as_str());
+            // (An invalid name cannot be in the request: nothing to drop.)
+            if let Some(name) = &s.tag_header {
+                req.remove_header(name);
+            }
             if !ctx.tags.is_empty() {
                 let value = ctx.tags.iter().map(|t| &**t).collect::<Vec<_>>().join(",");
                 req.insert_header(s.rules.tag_header.clone(), value)?;

@@ -195,3 +195,32 @@ fn fail_modes_map_to_actions() {
         assert_eq!(action_for(*r, FailMode::Open), Action::Refuse, "{r}");
     }
 }
+
+#[test]
+fn upstreams_are_taken_round_robin_and_only_when_ready() {
+    let lb = LoadBalancer::<RoundRobin>::try_from_iter(["127.0.0.1:1001", "127.0.0.1:1002"])
+        .expect("static upstreams");
+    let lb = Arc::new(lb);
+    let proxy = WardenProxy::new(Arc::new(shared(Arc::new(Broken), "")), Arc::clone(&lb));
+    let pick = || proxy.next_peer().map(|p| p._address.to_string());
+    let picks: Vec<_> = (0..4).map(|_| pick()).collect();
+    assert_ne!(picks[0], picks[1], "{picks:?}");
+    assert_eq!(picks[0], picks[2], "{picks:?}");
+    assert_eq!(picks[1], picks[3], "{picks:?}");
+    let mut both: Vec<_> = picks[..2].iter().flatten().cloned().collect();
+    both.sort();
+    assert_eq!(both, ["127.0.0.1:1001", "127.0.0.1:1002"]);
+
+    // A backend that is not ready (here disabled; the health check's verdict goes through
+    // the same readiness) is skipped; none ready is no peer (502 "no healthy upstream").
+    let backends = lb.backends().get_backend();
+    let first = backends.iter().next().expect("a backend");
+    lb.backends().set_enable(first, false);
+    for _ in 0..3 {
+        assert_eq!(pick().as_deref(), Some("127.0.0.1:1002"));
+    }
+    for b in backends.iter() {
+        lb.backends().set_enable(b, false);
+    }
+    assert_eq!(pick(), None);
+}
