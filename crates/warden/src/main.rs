@@ -1,6 +1,8 @@
 //! `warden`: parse arguments, load configuration, wire the services.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+#[cfg(feature = "mimalloc")]
+mod alloc;
 mod demo;
 mod ledger_cmd;
 mod lifecycle;
@@ -15,10 +17,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// The allocator (see the `mimalloc` feature in Cargo.toml for the measurement).
+/// The allocator (see the `mimalloc` feature in Cargo.toml for the measurement, and
+/// `alloc.rs` for how it is called).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Mimalloc = alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(
