@@ -401,6 +401,44 @@ status = "revoked"
 }
 
 #[test]
+fn a_forged_token_in_a_flood_writes_one_event_per_address_and_minute() {
+    // Every refusal is counted; the event is written once per client address, token and
+    // reason per events.repeat_interval (60 s by default), the repeats counted apart.
+    let up = Upstream::start(kid::ACTIVE);
+    let w = Warden::start(&up, "");
+    let forged = token(SampleKey::RsA, kid::ACTIVE, "mallory", now());
+    let forged_count = |w: &Warden| w.metric("warden_provenance_total{reason=\"forged\"}");
+    let before = forged_count(&w);
+    for _ in 0..20 {
+        assert_eq!(w.get_from("127.0.0.7", "/account/a", &forged).status, 401);
+    }
+    for _ in 0..5 {
+        assert_eq!(w.get_from("127.0.0.8", "/account/a", &forged).status, 401);
+    }
+    assert_eq!(forged_count(&w), before + 25.0);
+    assert_eq!(w.metric("warden_events_suppressed_total"), 23.0);
+    let _written = wait_for(Duration::from_secs(3), || {
+        let e: Vec<_> = w
+            .events()
+            .into_iter()
+            .filter(|e| e["type"] == "key_misuse")
+            .collect();
+        (e.len() >= 2).then_some(e)
+    })
+    .expect("two key_misuse events");
+    std::thread::sleep(Duration::from_millis(300));
+    let events: Vec<_> = w
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "key_misuse")
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let mut ips: Vec<_> = events.iter().map(|e| e["client_ip"].clone()).collect();
+    ips.sort_by_key(ToString::to_string);
+    assert_eq!(ips, [json!("127.0.0.7"), json!("127.0.0.8")]);
+}
+
+#[test]
 fn a_replaced_key_file_reloads_without_a_signal() {
     // The key behind kid k-active is replaced on disk (the old one leaked): from then on
     // tokens signed with the old key are refused and tokens signed with the new one are

@@ -634,6 +634,11 @@ impl Compiler<'_> {
         });
         EventSettings {
             file,
+            repeat_interval: self.duration(
+                "events.repeat_interval",
+                &e.repeat_interval,
+                Duration::from_secs(60),
+            ),
             queue: self.count("events.queue", &e.queue, 65_536, 1..10_000_001),
             webhook,
             webhook_queue: self.count(

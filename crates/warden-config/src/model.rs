@@ -132,6 +132,10 @@ pub struct EventSettings {
     pub webhook_timeout: Duration,
     /// Attempts per batch before it is dropped.
     pub webhook_retries: u32,
+    /// A rejection event (same client address, token and reason) is written once per
+    /// this interval, its repeats counted in `warden_events_suppressed_total`; zero
+    /// writes every one. Default 60 s.
+    pub repeat_interval: Duration,
 }
 
 /// Behaviour rules and the bounds of their state.

@@ -192,4 +192,5 @@ pub struct Events {
     pub webhook_queue: Option<S<i64>>,
     pub webhook_timeout: Option<S<String>>,
     pub webhook_retries: Option<S<i64>>,
+    pub repeat_interval: Option<S<String>>,
 }

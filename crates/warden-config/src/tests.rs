@@ -42,6 +42,22 @@ fn minimal_config_has_safe_defaults() {
 }
 
 #[test]
+fn events_repeat_interval_defaults_to_a_minute_and_zero_turns_it_off() {
+    assert_eq!(
+        ok(MIN).config.events.repeat_interval,
+        Duration::from_secs(60)
+    );
+    let l = ok(&format!("{MIN}[events]\nrepeat_interval = \"0s\"\n"));
+    assert_eq!(l.config.events.repeat_interval, Duration::ZERO);
+    let e = errs(&format!("{MIN}[events]\nrepeat_interval = \"often\"\n"));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("w.toml:4:19: error: events.repeat_interval")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn upstream_peers_are_addresses_or_host_names_with_a_port() {
     let good = [
         "127.0.0.1:8081",

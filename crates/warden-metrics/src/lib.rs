@@ -129,6 +129,9 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// Events dropped because the event queue was full.
     pub events_dropped: IntCounter,
+    /// Rejection events not written because the same one was written within
+    /// `events.repeat_interval` ([`RepeatFilter`]).
+    pub events_suppressed: IntCounter,
     /// Tokens in the verification cache.
     pub verify_cache_entries: IntGauge,
     rule_hits: IntCounterVec,
@@ -384,6 +387,11 @@ impl Metrics {
                 "warden_events_dropped_total",
                 "Events dropped because the event queue was full.",
             ),
+            events_suppressed: counter(
+                &r,
+                "warden_events_suppressed_total",
+                "Rejection events not written: the same client, token and reason was written within events.repeat_interval.",
+            ),
             verify_cache_entries: gauge(
                 &r,
                 "warden_verify_cache_entries",
@@ -606,6 +614,63 @@ impl Event {
     }
 }
 
+/// Decides which repeated events are written: the first of each key (say a client address,
+/// a token and a reason) in each `interval`-aligned window of time, the others counted
+/// instead. A forged token replayed ten thousand times a minute then writes one event a
+/// minute, not ten thousand, while every request is still counted by the metrics.
+///
+/// **Memory and error.** A fixed table of [`RepeatFilter::SLOTS`] 64-bit slots (512 KiB),
+/// each holding a 32-bit tag of the last key hashed to it and the window it was written
+/// in, so no key is remembered beyond its slot: two keys sharing a slot evict each other,
+/// which writes an event more, never one less (a first sighting is missed only when a
+/// different key with the same slot and the same 32-bit tag was written in the same
+/// window: about 2⁻³² per pair). Keys are hashed with a per-process random key, so clients
+/// cannot aim collisions. Lock-free; two threads seeing a key at once may both write it.
+pub struct RepeatFilter {
+    interval_s: u64,
+    hasher: std::collections::hash_map::RandomState,
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl RepeatFilter {
+    /// Slots in the table.
+    pub const SLOTS: usize = 1 << 16;
+
+    /// A filter writing each key once per `interval` (zero: every time).
+    #[must_use]
+    pub fn new(interval: std::time::Duration) -> Self {
+        let interval_s = interval.as_secs();
+        let slots = if interval_s == 0 { 0 } else { Self::SLOTS };
+        Self {
+            interval_s,
+            hasher: std::collections::hash_map::RandomState::new(),
+            slots: (0..slots)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// Whether the event for `key` seen at `now_s` (unix seconds) should be written: the
+    /// first of its window.
+    pub fn first<K: std::hash::Hash>(&self, key: &K, now_s: u64) -> bool {
+        use std::hash::BuildHasher;
+        use std::sync::atomic::Ordering;
+        if self.interval_s == 0 {
+            return true;
+        }
+        let h = self.hasher.hash_one(key);
+        // Window 0 is never stored (an empty slot), hence the + 1.
+        let window = u64::from(u32::try_from(now_s / self.interval_s + 1).unwrap_or(u32::MAX));
+        let packed = (h >> 32) << 32 | window;
+        let slot = &self.slots[(h as usize) & (Self::SLOTS - 1)];
+        if slot.load(Ordering::Relaxed) == packed {
+            return false;
+        }
+        slot.store(packed, Ordering::Relaxed);
+        true
+    }
+}
+
 /// Where events go.
 pub struct Events {
     tx: SyncSender<String>,
@@ -681,6 +746,33 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn repeats_are_written_once_per_window_and_keys_apart() {
+        let f = RepeatFilter::new(Duration::from_secs(60));
+        let t0 = 1_800_000_020;
+        assert!(f.first(&("forged", "10.0.0.1", 7u64), t0));
+        assert!(!f.first(&("forged", "10.0.0.1", 7u64), t0 + 1));
+        assert!(!f.first(&("forged", "10.0.0.1", 7u64), t0 + 39));
+        // Another address, token or reason is another key.
+        assert!(f.first(&("forged", "10.0.0.2", 7u64), t0 + 1));
+        assert!(f.first(&("forged", "10.0.0.1", 8u64), t0 + 1));
+        assert!(f.first(&("revoked", "10.0.0.1", 7u64), t0 + 1));
+        // The next minute writes it again, once.
+        assert!(f.first(&("forged", "10.0.0.1", 7u64), t0 + 40));
+        assert!(!f.first(&("forged", "10.0.0.1", 7u64), t0 + 41));
+        // 100 000 keys in one window, more than the slots: every first sighting is
+        // written (evictions only add events), and most repeats are not.
+        let keys = 100_000u64;
+        assert!((0..keys).all(|k| f.first(&k, t0 + 50)));
+        let again = (0..keys).filter(|k| f.first(k, t0 + 51)).count();
+        assert!(again < keys as usize, "{again}");
+        let recent = (keys - 1000..keys).filter(|k| f.first(k, t0 + 52)).count();
+        assert!(recent < 100, "{recent} of the last 1000 keys written again");
+        // Interval zero: every event is written.
+        let all = RepeatFilter::new(Duration::ZERO);
+        assert!((0..3).all(|_| all.first(&1u8, t0)));
+    }
 
     #[test]
     fn every_metric_is_exposed_with_fixed_labels() {

@@ -97,6 +97,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Event sink.
     pub events: Arc<Events>,
+    /// Which rejection events are written (`events.repeat_interval`, fixed at start).
+    pub repeats: warden_metrics::RepeatFilter,
     /// The behaviour engine.
     pub engine: Arc<Engine>,
     /// Reloadable settings.
@@ -147,6 +149,7 @@ impl Shared {
             ledger,
             metrics,
             events,
+            repeats: warden_metrics::RepeatFilter::new(config.events.repeat_interval),
             engine,
             waiters: tokio::sync::Semaphore::new(config.ledger.max_waiters),
             settings: ArcSwap::from_pointee(Settings::from_config(config)),

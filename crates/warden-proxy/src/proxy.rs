@@ -256,6 +256,18 @@ impl WardenProxy {
         } else {
             "token_rejected"
         };
+        // One event per client address, token and reason per `events.repeat_interval`:
+        // a token replayed in a flood is one event a minute, every request still counted
+        // by `warden_provenance_total`.
+        let token = d.checked.as_ref().map(|c| c.verified.id);
+        if !self
+            .shared
+            .repeats
+            .first(&(d.reason.as_str(), ctx.client_ip, token), unix_now())
+        {
+            self.shared.metrics.events_suppressed.inc();
+            return;
+        }
         let mut e = Event::new(kind);
         e.route = route.map(|r| r.name.clone());
         e.reason = Some(d.reason.as_str());
