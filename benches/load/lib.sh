@@ -1,7 +1,8 @@
-# benches/load/lib.sh: helpers shared by benches/load/run and benches/load/memory.
-# Sourced, not run. Expects REPO and OUT to be set.
+# benches/load/lib.sh: helpers shared by benches/load/run, benches/load/memory and
+# scripts/build-pgo. Sourced, not run. Expects REPO and OUT to be set (OUT only for
+# build_warden); LOG_NAME names the script in errors.
 
-die() { echo "load bench: $*" >&2; exit 1; }
+die() { echo "${LOG_NAME:-load bench}: $*" >&2; exit 1; }
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
 # --- Processes and cleanup -------------------------------------------------------------

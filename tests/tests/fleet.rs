@@ -232,11 +232,13 @@ fn ended_bans_leave_redis_while_the_nodes_run() {
         );
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let count =
-        |cmd: &str, key: &str| -> Option<u32> { redis.cli(&[cmd, key]).trim().parse().ok() };
+    // (bans in the hash, entries in the end index)
+    let sizes = || -> (Option<u32>, Option<u32>) {
+        let n = |cmd: &str, key: &str| redis.cli(&[cmd, key]).trim().parse().ok();
+        (n("HLEN", "prune:bans"), n("ZCARD", "prune:bans:end"))
+    };
     let both = wait_for(Duration::from_secs(2), || {
-        (count("HLEN", "prune:bans") == Some(2) && count("ZCARD", "prune:bans:end") == Some(2))
-            .then_some(())
+        (sizes() == (Some(2), Some(2))).then_some(())
     });
     assert!(
         both.is_some(),
@@ -245,8 +247,7 @@ fn ended_bans_leave_redis_while_the_nodes_run() {
     );
     // Pruned every 20 sync intervals (2 s here), after the 1 s ban ended.
     let pruned = wait_for(Duration::from_secs(6), || {
-        (count("HLEN", "prune:bans") == Some(1) && count("ZCARD", "prune:bans:end") == Some(1))
-            .then_some(())
+        (sizes() == (Some(1), Some(1))).then_some(())
     });
     assert!(
         pruned.is_some(),
@@ -254,7 +255,7 @@ fn ended_bans_leave_redis_while_the_nodes_run() {
         redis.cli(&["HGETALL", "prune:bans"]),
         redis.cli(&["ZRANGE", "prune:bans:end", "0", "-1", "WITHSCORES"])
     );
-    // The one still running stays, and still applies.
+    // The one still running stays.
     assert!(
         redis.cli(&["HGETALL", "prune:bans"]).contains("127.0.0.21"),
         "{}",

@@ -17,6 +17,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 
 use crate::error::Malformed;
+use crate::json::BorrowedStr;
+use crate::token::REFUSED_HEADERS;
 
 /// A string of the payload: where it lies in the payload's text, or its own copy when
 /// it had escapes.
@@ -202,12 +204,9 @@ fn text(json: &str, s: Cow<'_, str>) -> Text {
 pub(crate) struct RawHeader {
     pub alg: Option<Value>,
     pub kid: Option<Value>,
-    /// Bit `i` set: `PRESENCE[i]` is a member.
+    /// Bit `i` set: `REFUSED_HEADERS[i]` is a member.
     pub present: u8,
 }
-
-/// The header parameters whose mere presence matters.
-pub(crate) const PRESENCE: [&str; 5] = ["jku", "x5u", "jwk", "x5c", "crit"];
 
 impl RawHeader {
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self, Malformed> {
@@ -218,7 +217,7 @@ impl RawHeader {
 
     /// Whether `name` is among the parameters `present` (a [`RawHeader::present`]) marks.
     pub(crate) fn has(present: u8, name: &str) -> bool {
-        PRESENCE
+        REFUSED_HEADERS
             .iter()
             .position(|n| *n == name)
             .is_some_and(|i| present & (1 << i) != 0)
@@ -235,12 +234,12 @@ impl<'de> Deserialize<'de> for RawHeader {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
                 let mut h = RawHeader::default();
-                while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
+                while let Some(BorrowedStr(k)) = map.next_key::<BorrowedStr<'de>>()? {
                     match &*k {
                         "alg" => h.alg = Some(map.next_value::<Value>()?),
                         "kid" => h.kid = Some(map.next_value::<Value>()?),
                         other => {
-                            if let Some(i) = PRESENCE.iter().position(|n| *n == other) {
+                            if let Some(i) = REFUSED_HEADERS.iter().position(|n| *n == other) {
                                 h.present |= 1 << i;
                             }
                             map.next_value::<Skip>()?;
@@ -254,32 +253,9 @@ impl<'de> Deserialize<'de> for RawHeader {
     }
 }
 
-/// A string, borrowed from the input when it has no escapes.
-struct Str<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Str<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// Any JSON value, read through (every check applies) and dropped.
+/// Any JSON value, read through (every check applies) and dropped. Not serde's
+/// `IgnoredAny`: serde_json skips an ignored string without checking its `\u` escapes
+/// for lone surrogates, which the `Map` parse refuses.
 struct Skip;
 
 struct SkipVisitor;
@@ -410,7 +386,7 @@ impl<'de> Deserialize<'de> for Entries<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
                 let mut out = Vec::with_capacity(8);
-                while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
+                while let Some(BorrowedStr(k)) = map.next_key::<BorrowedStr<'de>>()? {
                     let v = map.next_value::<RawVal<'de>>()?;
                     out.push((k, v));
                 }

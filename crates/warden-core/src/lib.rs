@@ -41,6 +41,7 @@ pub mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod ingest;
+pub mod json;
 pub mod keys;
 pub mod ledger;
 pub mod reason;

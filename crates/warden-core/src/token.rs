@@ -73,9 +73,14 @@ pub fn alg_name(alg: Algorithm) -> &'static str {
         .unwrap_or("unknown")
 }
 
-/// Header parameters that name or carry a key. A token carrying one is refused: honouring
-/// them lets the token choose its own key, and warden never fetches anything.
-const KEY_CARRYING_HEADERS: &[&str] = &["jku", "x5u", "jwk", "x5c"];
+/// Header parameters a token is refused for merely having: first those that name or carry
+/// a key (honouring them lets the token choose its own key, and warden never fetches
+/// anything), then `crit` (no extension is understood). The fast header parse marks
+/// exactly these ([`crate::claims`]).
+pub(crate) const REFUSED_HEADERS: [&str; 5] = ["jku", "x5u", "jwk", "x5c", "crit"];
+
+/// The key-carrying part of [`REFUSED_HEADERS`].
+const KEY_CARRYING_HEADERS: &[&str] = REFUSED_HEADERS.split_at(4).0;
 
 /// The base64url alphabet, by byte.
 const B64URL: [bool; 256] = {

@@ -478,11 +478,7 @@ fn hmac_keys_built_once_give_the_same_results_as_jsonwebtoken() {
             let key = registry
                 .get(p.header.kid.as_deref().expect("kid"))
                 .expect("key");
-            assert_eq!(
-                signature_ok(&p, key),
-                signature_ok_reference(&p, key),
-                "{forged}"
-            );
+            assert_eq!(signature_ok(&p, key), backend_ok(&p, key), "{forged}");
             if s != sig {
                 assert!(
                     !signature_ok(&p, key),

@@ -99,8 +99,10 @@ async fn bootstrap(inner: &Inner, ledger: &RedisLedger, engine: &Engine) -> Resu
     }
     ledger.forget_cached(&revocations);
     let now = now_ms();
-    let mut expired = Vec::new();
-    let mut live_ends = Vec::new();
+    // Every ban's end, for the end index that `prune` works from: `NX` adds only the bans
+    // written before the index existed, and never moves the end another node has just
+    // set by placing the ban again.
+    let mut ends = Vec::new();
     for (id, json) in bans {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&json) else {
             log::warn!("fleet: ban {id} in Redis is not JSON; ignored");
@@ -113,12 +115,10 @@ async fn bootstrap(inner: &Inner, ledger: &RedisLedger, engine: &Engine) -> Resu
             log::warn!("fleet: ban {id} in Redis lacks scope, key or until_ms; ignored");
             continue;
         };
+        ends.push((until, id));
         if until <= now {
-            expired.push(id);
             continue;
         }
-        // Bans written before the end index existed get their entry (idempotent).
-        live_ends.push((until, id.clone()));
         let _ = engine.apply_fleet_ban(
             scope,
             key,
@@ -127,25 +127,21 @@ async fn bootstrap(inner: &Inner, ledger: &RedisLedger, engine: &Engine) -> Resu
             v["display"].as_str().unwrap_or(""),
         );
     }
-    if !expired.is_empty() || !live_ends.is_empty() {
-        let mut pipe = redis::pipe();
-        if !expired.is_empty() {
-            pipe.cmd("HDEL")
-                .arg(inner.keys.bans())
-                .arg(&expired)
-                .ignore();
-            pipe.cmd("ZREM")
-                .arg(inner.keys.ban_ends())
-                .arg(&expired)
-                .ignore();
+    if !ends.is_empty() {
+        let indexed: Result<(), String> = inner
+            .timed(
+                "ZADD",
+                redis::cmd("ZADD")
+                    .arg(inner.keys.ban_ends())
+                    .arg("NX")
+                    .arg(&ends)
+                    .query_async(&mut conn),
+            )
+            .await;
+        // The ended ones go the way the running fleet drops them.
+        if indexed.is_ok() {
+            let _ = prune(inner, now).await;
         }
-        if !live_ends.is_empty() {
-            pipe.cmd("ZADD")
-                .arg(inner.keys.ban_ends())
-                .arg(&live_ends)
-                .ignore();
-        }
-        let _: Result<(), String> = inner.timed("prune bans", pipe.query_async(&mut conn)).await;
     }
     if let Err(e) = warn_unless_durable(inner, &mut conn).await {
         log::debug!("fleet: cannot read Redis's persistence settings: {e}");
@@ -548,15 +544,16 @@ async fn publish(inner: &Inner, state: &FleetState) {
                     .arg(&**rule)
                     .arg("d")
                     .arg(display);
+                let id = ban_id(*scope, *key);
                 pipe.cmd("HSET")
                     .arg(inner.keys.bans())
-                    .arg(ban_id(*scope, *key))
+                    .arg(&id)
                     .arg(ban_json(*scope, *key, *placed_ms, *until_ms, rule, display))
                     .ignore();
                 pipe.cmd("ZADD")
                     .arg(inner.keys.ban_ends())
                     .arg(*until_ms)
-                    .arg(ban_id(*scope, *key))
+                    .arg(&id)
                     .ignore();
             }
             FleetNote::Lift { id } => {

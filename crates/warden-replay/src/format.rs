@@ -24,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use thiserror::Error;
+use warden_core::json::BorrowedStr;
 
 /// Most `header:NAME` targets one map can hold.
 pub const MAX_HEADERS: usize = 4;
@@ -864,7 +865,7 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
         let mut p = Partial::default();
-        while let Some(key) = a.next_key::<Str<'de>>()? {
+        while let Some(key) = a.next_key::<BorrowedStr<'de>>()? {
             match self.map.json_target(&key.0) {
                 Some(t) => p.put(t, a.next_value::<ScalarDe<'de>>()?.0),
                 None => {
@@ -873,27 +874,6 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
             }
         }
         Ok(p)
-    }
-}
-
-struct Str<'a>(Cow<'a, str>);
-
-impl<'de> de::Deserialize<'de> for Str<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 
