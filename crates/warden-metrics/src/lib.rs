@@ -614,18 +614,21 @@ impl Event {
     }
 }
 
-/// Decides which repeated events are written: the first of each key (say a client address,
-/// a token and a reason) in each `interval`-aligned window of time, the others counted
-/// instead. A forged token replayed ten thousand times a minute then writes one event a
-/// minute, not ten thousand, while every request is still counted by the metrics.
+/// Decides which repeated events are written: a key (say a client address, a token and a
+/// reason) is written, then not again until `interval` has passed since it was written;
+/// the repeats are counted instead. A forged token replayed ten thousand times a minute
+/// then writes one event a minute, not ten thousand, while every request is still counted
+/// by the metrics. The interval runs from each written event, not from clock-aligned
+/// windows, so a burst straddling a minute boundary is still one event.
 ///
 /// **Memory and error.** A fixed table of [`RepeatFilter::SLOTS`] 64-bit slots (512 KiB),
-/// each holding a 32-bit tag of the last key hashed to it and the window it was written
-/// in, so no key is remembered beyond its slot: two keys sharing a slot evict each other,
-/// which writes an event more, never one less (a first sighting is missed only when a
-/// different key with the same slot and the same 32-bit tag was written in the same
-/// window: about 2⁻³² per pair). Keys are hashed with a per-process random key, so clients
-/// cannot aim collisions. Lock-free; two threads seeing a key at once may both write it.
+/// each holding a 32-bit tag of the last key hashed to it and the second it was written
+/// (32 bits, enough until 2106), so no key is remembered beyond its slot: two keys sharing
+/// a slot evict each other, which writes an event more, never one less (a first sighting
+/// is missed only when a different key with the same slot and the same 32-bit tag was
+/// written within the interval: about 2⁻³² per pair). Keys are hashed with a per-process
+/// random key, so clients cannot aim collisions. Lock-free; two threads seeing a key at
+/// once may both write it.
 pub struct RepeatFilter {
     interval_s: u64,
     hasher: std::collections::hash_map::RandomState,
@@ -650,8 +653,8 @@ impl RepeatFilter {
         }
     }
 
-    /// Whether the event for `key` seen at `now_s` (unix seconds) should be written: the
-    /// first of its window.
+    /// Whether the event for `key` seen at `now_s` (unix seconds) should be written: it
+    /// was not written in the last `interval`.
     pub fn first<K: std::hash::Hash>(&self, key: &K, now_s: u64) -> bool {
         use std::hash::BuildHasher;
         use std::sync::atomic::Ordering;
@@ -659,14 +662,17 @@ impl RepeatFilter {
             return true;
         }
         let h = self.hasher.hash_one(key);
-        // Window 0 is never stored (an empty slot), hence the + 1.
-        let window = u64::from(u32::try_from(now_s / self.interval_s + 1).unwrap_or(u32::MAX));
-        let packed = (h >> 32) << 32 | window;
+        let tag = h >> 32;
+        // Second 0 is never stored (an empty slot), hence the max(1).
+        let now = u64::from(u32::try_from(now_s).unwrap_or(u32::MAX).max(1));
         let slot = &self.slots[(h as usize) & (Self::SLOTS - 1)];
-        if slot.load(Ordering::Relaxed) == packed {
+        let seen = slot.load(Ordering::Relaxed);
+        let written = seen & u64::from(u32::MAX);
+        // A clock stepped back counts as a repeat until it passes the written second.
+        if seen >> 32 == tag && written != 0 && now.saturating_sub(written) < self.interval_s {
             return false;
         }
-        slot.store(packed, Ordering::Relaxed);
+        slot.store(tag << 32 | now, Ordering::Relaxed);
         true
     }
 }
@@ -758,9 +764,14 @@ mod tests {
         assert!(f.first(&("forged", "10.0.0.2", 7u64), t0 + 1));
         assert!(f.first(&("forged", "10.0.0.1", 8u64), t0 + 1));
         assert!(f.first(&("revoked", "10.0.0.1", 7u64), t0 + 1));
-        // The next minute writes it again, once.
-        assert!(f.first(&("forged", "10.0.0.1", 7u64), t0 + 40));
-        assert!(!f.first(&("forged", "10.0.0.1", 7u64), t0 + 41));
+        // A clock minute turning is not enough (t0 is 20 s before one) ...
+        assert!(!f.first(&("forged", "10.0.0.1", 7u64), t0 + 40));
+        assert!(!f.first(&("forged", "10.0.0.1", 7u64), t0 + 59));
+        // ... the interval since the written event is: written again, once.
+        assert!(f.first(&("forged", "10.0.0.1", 7u64), t0 + 60));
+        assert!(!f.first(&("forged", "10.0.0.1", 7u64), t0 + 61));
+        assert!(!f.first(&("forged", "10.0.0.1", 7u64), t0 + 119));
+        assert!(f.first(&("forged", "10.0.0.1", 7u64), t0 + 120));
         // 100 000 keys in one window, more than the slots: every first sighting is
         // written (evictions only add events), and most repeats are not.
         let keys = 100_000u64;
