@@ -691,10 +691,11 @@ impl Compiler<'_> {
         RuleSettings {
             files,
             list: located.into_iter().map(|l| l.rule).collect(),
-            tag_header: r.tag_header.map_or_else(
-                || "x-warden-tag".to_owned(),
-                |h| h.into_inner().to_ascii_lowercase(),
-            ),
+            tag_header: r
+                .tag_header
+                .as_ref()
+                .and_then(|h| self.header_name("rules.tag_header", h))
+                .unwrap_or_else(|| "x-warden-tag".to_owned()),
             max_state_bytes,
             max_bans: self.count("rules.max_bans", &r.max_bans, 1_000_000, 1..100_000_001),
         }
@@ -907,8 +908,45 @@ impl Compiler<'_> {
                 &u.idle_timeout,
                 Duration::from_secs(60),
             ),
-            host_header: u.host_header.map(Spanned::into_inner),
+            host_header: u.host_header.and_then(|h| {
+                // A value that would split or corrupt the upstream request is refused here,
+                // not found by a failed insert on every request.
+                if !h.get_ref().is_empty()
+                    && h.get_ref()
+                        .bytes()
+                        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+                {
+                    Some(h.into_inner())
+                } else {
+                    self.sink.error(
+                        h.span(),
+                        format!(
+                            "upstream.host_header: {:?} is not a host header value (printable \
+                             ASCII, not empty)",
+                            h.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }),
         })
+    }
+
+    /// A header name (an RFC 9110 token), lowercased; an error if it is not one.
+    fn header_name(&mut self, field: &str, v: &S<String>) -> Option<String> {
+        let name = v.get_ref();
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if !name.is_empty() && name.bytes().all(tchar) {
+            Some(name.to_ascii_lowercase())
+        } else {
+            self.sink.error(
+                v.span(),
+                format!(
+                    "{field}: {name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+                ),
+            );
+            None
+        }
     }
 
     fn client_ip(&mut self) -> ClientIp {
@@ -946,7 +984,10 @@ impl Compiler<'_> {
         let t = std::mem::take(&mut self.sections.token);
         let header = match &t.header {
             Some(h) if h.get_ref().is_empty() => None,
-            Some(h) => Some(h.get_ref().to_ascii_lowercase()),
+            Some(h) => Some(
+                self.header_name("token.header", h)
+                    .unwrap_or_else(|| "authorization".into()),
+            ),
             None => Some("authorization".into()),
         };
         let cookie = t.cookie.as_ref().map(|c| c.get_ref().clone());

@@ -42,6 +42,27 @@ fn minimal_config_has_safe_defaults() {
 }
 
 #[test]
+fn header_names_and_the_host_value_are_checked_when_the_file_is_read() {
+    let l = ok(&format!(
+        "{MIN}[rules]\ntag_header = \"X-Bot-Score\"\n[token]\nheader = \"X-Session\"\n"
+    ));
+    assert_eq!(l.config.rules.tag_header, "x-bot-score");
+    assert_eq!(l.config.token.header.as_deref(), Some("x-session"));
+    // All three bad values reported at once, each at its place.
+    let e = errs(
+        "[upstream]\npeers = [\"127.0.0.1:8081\"]\nhost_header = \"a\\r\\nb\"\n\
+         [rules]\ntag_header = \"x tag\"\n[token]\nheader = \"auth:\"\n",
+    );
+    for want in [
+        "w.toml:3:15: error: upstream.host_header: \"a\\r\\nb\" is not a host header value",
+        "w.toml:5:14: error: rules.tag_header: \"x tag\" is not a header name",
+        "w.toml:7:10: error: token.header: \"auth:\" is not a header name",
+    ] {
+        assert!(e.iter().any(|m| m.contains(want)), "{want}\n{e:?}");
+    }
+}
+
+#[test]
 fn events_repeat_interval_defaults_to_a_minute_and_zero_turns_it_off() {
     assert_eq!(
         ok(MIN).config.events.repeat_interval,

@@ -53,8 +53,9 @@ pub struct Settings {
     pub upstream: Upstream,
     /// Behaviour rules (the rules themselves live in the engine).
     pub rules: RuleSettings,
-    /// `rules.tag_header` parsed once (`None` if it is not a valid header name), so that
-    /// dropping a client's copy does not parse the name on every request.
+    /// `rules.tag_header` parsed once, so that no request parses the name. The
+    /// configuration refuses a name that is not a header name, so `None` only for a
+    /// `Config` built by hand with one (tags are then not sent).
     pub tag_header: Option<http::HeaderName>,
     /// Files whose change triggers a reload: the configuration, the rule files and the
     /// key files.

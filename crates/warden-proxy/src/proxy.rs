@@ -682,13 +682,12 @@ impl ProxyHttp for WardenProxy {
         }
         if let Some(s) = &ctx.settings {
             // The tag header is warden's to set: a client's own copy is dropped.
-            // (An invalid name cannot be in the request: nothing to drop.)
             if let Some(name) = &s.tag_header {
                 req.remove_header(name);
-            }
-            if !ctx.tags.is_empty() {
-                let value = ctx.tags.iter().map(|t| &**t).collect::<Vec<_>>().join(",");
-                req.insert_header(s.rules.tag_header.clone(), value)?;
+                if !ctx.tags.is_empty() {
+                    let value = ctx.tags.iter().map(|t| &**t).collect::<Vec<_>>().join(",");
+                    req.insert_header(name.clone(), value)?;
+                }
             }
             if let Some(host) = &s.upstream.host_header {
                 req.insert_header("host", host.as_str())?;
