@@ -520,3 +520,95 @@ fn a_node_starts_while_redis_is_down_and_joins_when_it_comes() {
     );
     assert_eq!(a.get("/account/profile", &t).status, 200);
 }
+
+#[test]
+fn two_processes_given_one_node_name_still_share_revocations_and_bans_and_are_flagged() {
+    // A configuration copied to two hosts with the same fleet.node: each must still apply
+    // what the other writes (entries are skipped by process, not by name), and the name
+    // clash must show (warden_fleet_node_conflict on one of them, and its log).
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let start = |node: &str| {
+        Warden::start_with_rules_and_ledger_to(
+            up.addr,
+            "",
+            LEDGER,
+            &fleet_extra(&redis, node, "t6", keys.path()),
+        )
+    };
+    let a = start("twin");
+    let b = start("twin");
+    let c = start("other");
+    let conflict = |w: &Warden| w.metric("warden_fleet_node_conflict");
+    let flagged = wait_for(Duration::from_secs(3), || {
+        (conflict(&a) + conflict(&b) == 1.0).then_some(())
+    });
+    assert!(
+        flagged.is_some(),
+        "the clash was not flagged on exactly one twin: a {} b {}\n{}\n{}",
+        conflict(&a),
+        conflict(&b),
+        a.log(),
+        b.log()
+    );
+    let flagged_log = if conflict(&a) == 1.0 {
+        a.log()
+    } else {
+        b.log()
+    };
+    assert!(
+        flagged_log.contains("node name \"twin\" is held by another running warden"),
+        "{flagged_log}"
+    );
+    assert_eq!(conflict(&c), 0.0);
+
+    // A revocation made on one twin reaches the other.
+    let t = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
+    a.record(&t);
+    let took = time_until(Duration::from_secs(1), || {
+        b.get("/account/profile", &t).status == 200
+    });
+    assert!(
+        took.is_some(),
+        "a record made on one twin did not reach the other"
+    );
+    let r = a.admin(
+        "POST",
+        "/ledger/revoke",
+        &serde_json::json!({"token": t}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = time_until(Duration::from_secs(1), || {
+        b.get("/account/profile", &t).status == 401
+    });
+    assert!(
+        took.is_some(),
+        "a revocation made on one twin still passed on the other after 1 s"
+    );
+    // A ban placed on the other twin applies on the first.
+    let t2 = token(SampleKey::RsA, kid::ACTIVE, "bob", now() - 60);
+    b.record(&t2);
+    let r = b.admin(
+        "POST",
+        "/decisions",
+        r#"{"field":"ip","value":"127.0.0.9","ttl":"1h"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = time_until(Duration::from_secs(1), || {
+        a.get_from("127.0.0.9", "/account/profile", &t2).status == 403
+    });
+    assert!(
+        took.is_some(),
+        "a ban placed on one twin did not apply on the other within 1 s"
+    );
+
+    // The twin that holds the name stops: the other takes it once the claim expires
+    // (three sync intervals, 300 ms here), and its conflict clears.
+    let (holder, waiting) = if conflict(&a) == 1.0 { (b, a) } else { (a, b) };
+    drop(holder);
+    let cleared = wait_for(Duration::from_secs(3), || {
+        (conflict(&waiting) == 0.0).then_some(())
+    });
+    assert!(cleared.is_some(), "{}", waiting.log());
+}

@@ -27,13 +27,14 @@ const ALERT_TESTS: &str = concat!(
 const SOC_GUIDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/soc.md");
 
 /// Every alert in `warden-alerts.yml`; each has a runbook at `docs/soc.md#<lowercase name>`.
-const ALERT_NAMES: [&str; 6] = [
+const ALERT_NAMES: [&str; 7] = [
     "WardenForgedTokenSeen",
     "WardenForgedTokenBurst",
     "WardenLedgerUnavailable",
     "WardenBlockRateSpike",
     "WardenReloadFailed",
     "WardenFleetOutOfSync",
+    "WardenFleetNodeNameClash",
 ];
 
 /// Labels that are not in warden's exposition: added by Prometheus at scrape time (`job`,

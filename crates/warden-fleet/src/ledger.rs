@@ -153,7 +153,9 @@ impl RedisLedger {
             .arg(self.inner.cfg.stream_max_len)
             .arg("*")
             .arg("n")
-            .arg(&self.inner.cfg.node);
+            .arg(&self.inner.cfg.node)
+            .arg("i")
+            .arg(&self.inner.instance);
         for (k, v) in fields {
             cmd.arg(*k).arg(v);
         }

@@ -11,6 +11,18 @@
 //! | `ns:bans:end` | sorted set ban id by end (unix ms) | ended bans are dropped from both every 20 `sync_interval`s by a script |
 //! | `ns:stream` | stream, `MAXLEN ~ stream_max_len` | every revocation, ban and lift, in order |
 //! | `ns:cnt:<rule>:<key>:<window index>` | hash node → count | fleet-scope counters; expire after two windows |
+//! | `ns:node:<node>` | string, instance id | the running process that holds a node name; expires after three `sync_interval`s |
+//!
+//! ## Node names and instances
+//! Each process draws a random instance id at start. Stream entries carry both the node
+//! name (`n`, for people reading the stream) and the instance (`i`): a node skips only
+//! the entries of its own process, so two processes given the same name by mistake still
+//! apply each other's revocations and bans. Counter hashes are keyed by node name, so
+//! such twins would hide each other's counts: every `sync_interval` a node claims
+//! `ns:node:<node>` for its instance; a name held by another live process sets
+//! `warden_fleet_node_conflict` to 1 and logs an error (once a minute). During an upgrade
+//! the new process sees the old one's claim until it stops syncing: a conflict lasting no
+//! longer than the drain is expected.
 //!
 //! ## Ledger ([`RedisLedger`])
 //! A write is one `MULTI`/`EXEC` (`HSET` + `EXPIREAT` per record), acknowledged only after
@@ -151,6 +163,10 @@ impl Keys {
     pub(crate) fn counter(&self, rule: u64, key: u64, epoch: u32) -> String {
         format!("{}:cnt:{rule:016x}:{key:016x}:{epoch}", self.ns)
     }
+    /// Which running process holds a node name.
+    pub(crate) fn node(&self, name: &str) -> String {
+        format!("{}:node:{name}", self.ns)
+    }
 }
 
 /// Health of the node's view of the fleet.
@@ -165,6 +181,9 @@ pub(crate) struct Health {
 /// What the node's tasks share.
 pub(crate) struct Inner {
     pub cfg: FleetConfig,
+    /// This process's random id, on every stream entry it writes (`i`), so that it skips
+    /// its own entries and no one else's, whatever the node names.
+    pub instance: String,
     pub keys: Keys,
     /// Commands (lookups, writes, counters).
     pub conn: ConnectionManager,
@@ -204,6 +223,17 @@ impl Inner {
             )),
         }
     }
+}
+
+/// A random 64-bit id for this process (std's per-process random hash keys, over the pid
+/// and the time), as 16 hex digits.
+fn new_instance_id() -> String {
+    use std::hash::BuildHasher;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let h = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now));
+    format!("{h:016x}")
 }
 
 /// One node's membership of the fleet: the shared ledger and the tasks that keep the
@@ -282,6 +312,7 @@ impl FleetNode {
         }
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
+            instance: new_instance_id(),
             keys: Keys {
                 ns: cfg.namespace.clone(),
             },

@@ -201,8 +201,12 @@ fn apply(
     revoked: &mut Vec<Revocation>,
 ) -> Option<FleetApplied> {
     let kind: String = e.get("k")?;
-    let origin: Option<String> = e.get("n");
-    let own = origin.as_deref() == Some(inner.cfg.node.as_str());
+    // Written by this process (not merely under this node name: see "Node names and
+    // instances" in the crate docs). Entries without `i` come from an older warden.
+    let own = match e.get::<String>("i") {
+        Some(instance) => instance == inner.instance,
+        None => e.get::<String>("n").as_deref() == Some(inner.cfg.node.as_str()),
+    };
     match kind.as_str() {
         "rt" => {
             let id = TokenId::from_hex(&e.get::<String>("id")?).ok()?;
@@ -404,6 +408,39 @@ async fn prune(inner: &Inner, now: u64) -> Result<usize, String> {
         .await
 }
 
+/// How often a node name conflict is logged again while it lasts.
+const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Takes or refreshes `ns:node:<node>` for this process, unless another live process
+/// holds it: then its instance id. The claim expires after three sync intervals, so a
+/// stopped process releases the name by itself.
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+async fn claim(inner: &Inner) -> Result<Option<String>, String> {
+    let ttl_ms = u64::try_from(inner.cfg.sync_interval.as_millis())
+        .unwrap_or(u64::MAX / 4)
+        .saturating_mul(3)
+        .max(1_000);
+    let mut conn = inner.conn.clone();
+    inner
+        .timed(
+            "node claim",
+            redis::cmd("EVAL")
+                .arg(CLAIM)
+                .arg(1)
+                .arg(inner.keys.node(&inner.cfg.node))
+                .arg(&inner.instance)
+                .arg(ttl_ms)
+                .query_async::<Option<String>>(&mut conn),
+        )
+        .await
+}
+
 /// Every `sync_interval`: publishes this node's bans and lifts, pushes its fleet-scope
 /// counts and reads back the other nodes'; every [`PRUNE_EVERY_SYNCS`], drops ended bans
 /// from Redis (a ban's end is in its record, so nothing depends on the drop but Redis's
@@ -412,8 +449,26 @@ pub(crate) async fn counters(inner: Arc<Inner>, state: Arc<FleetState>) {
     let mut tick = tokio::time::interval(inner.cfg.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
+    let mut conflict_logged: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
+        match claim(&inner).await {
+            Ok(None) => inner.metrics.fleet.node_conflict.set(0),
+            Ok(Some(other)) => {
+                inner.metrics.fleet.node_conflict.set(1);
+                if conflict_logged.is_none_or(|t| t.elapsed() >= CONFLICT_LOG_EVERY) {
+                    conflict_logged = Some(tokio::time::Instant::now());
+                    log::error!(
+                        "fleet: node name {:?} is held by another running warden (instance {other}, this one is {}): \
+                         fleet.node must be unique, or the two hide each other's counts of fleet-scope rules \
+                         (expected only for the length of an upgrade's drain)",
+                        inner.cfg.node,
+                        inner.instance
+                    );
+                }
+            }
+            Err(e) => inner.failed(FleetOp::Sync, &e),
+        }
         publish(&inner, &state).await;
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(PRUNE_EVERY_SYNCS) {
@@ -520,7 +575,9 @@ async fn publish(inner: &Inner, state: &FleetState) {
             .arg(inner.cfg.stream_max_len)
             .arg("*")
             .arg("n")
-            .arg(&inner.cfg.node);
+            .arg(&inner.cfg.node)
+            .arg("i")
+            .arg(&inner.instance);
         match note {
             FleetNote::Ban {
                 scope,

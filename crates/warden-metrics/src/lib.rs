@@ -191,6 +191,8 @@ pub struct FleetCounters {
     /// 1 after a failed Redis exchange, until one succeeds; 0 otherwise (and always 0
     /// on a node not in fleet mode).
     pub redis_down: IntGauge,
+    /// 1 while another running process holds this node's `fleet.node` name, else 0.
+    pub node_conflict: IntGauge,
     /// Seconds since this node's fleet view was last refreshed (the older of the last
     /// stream read and the last counter sync).
     pub sync_lag_seconds: prometheus::Gauge,
@@ -447,6 +449,7 @@ impl Metrics {
                     &FLEET_APPLIED,
                 ),
                 redis_down: gauge(&r, "warden_fleet_redis_down", "Fleet mode: 1 after a failed Redis exchange until one succeeds, else 0 (always 0 outside fleet mode)."),
+                node_conflict: gauge(&r, "warden_fleet_node_conflict", "Fleet mode: 1 while another running warden holds this node's fleet.node name (names must be unique), else 0."),
                 sync_lag_seconds: {
                     let name = "warden_fleet_sync_lag_seconds";
                     let g = prometheus::Gauge::new(name, "Fleet mode: seconds since this node's view of the fleet (stream and counters) was last refreshed.")
