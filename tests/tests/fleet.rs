@@ -612,3 +612,50 @@ fn two_processes_given_one_node_name_still_share_revocations_and_bans_and_are_fl
     });
     assert!(cleared.is_some(), "{}", waiting.log());
 }
+
+#[test]
+fn a_forged_token_replayed_costs_one_redis_lookup_per_half_second_not_one_per_request() {
+    // Forged tokens are unknown to Redis; without the negative cache, each request with
+    // one was an HGETALL. With it: one per node and ABSENT_MS (500 ms).
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    let (a, b, _keys) = two_nodes(&redis, &up, "", "t7");
+    let hgetall = || -> u64 {
+        let info = redis.cli(&["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hgetall:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let forged = token(SampleKey::RsA, kid::ACTIVE, "mallory", now() - 600);
+    let before = hgetall();
+    let started = Instant::now();
+    for _ in 0..40 {
+        assert_eq!(b.get("/account/profile", &forged).status, 401);
+    }
+    let elapsed = started.elapsed();
+    let lookups = hgetall() - before;
+    // One lookup, plus one per half-second the 40 requests took.
+    let allowed = 1 + u64::try_from(elapsed.as_millis() / 500).unwrap_or(u64::MAX);
+    assert!(
+        lookups <= allowed,
+        "{lookups} Redis lookups for 40 requests in {elapsed:?} (allowed {allowed})"
+    );
+    assert!(lookups >= 1, "the token was never looked up in Redis");
+
+    // The cache does not hide a record for long: the token, issued ten minutes ago, is
+    // recorded on A (an import, say) and accepted on B within a second.
+    a.record(&forged);
+    let took = time_until(Duration::from_secs(1), || {
+        b.get("/account/profile", &forged).status == 200
+    });
+    assert!(took.is_some(), "a record made on A was refused on B after 1 s");
+
+    // A token issued just now is never remembered as absent: B waits for its record
+    // (ledger.issuance_wait), and the record made on A meanwhile lets it through.
+    let fresh = token(SampleKey::RsA, kid::ACTIVE, "dave", now());
+    assert_eq!(b.get("/account/orders", &fresh).status, 401);
+    a.record(&fresh);
+    assert_eq!(b.get("/account/orders", &fresh).status, 200);
+}

@@ -1,6 +1,7 @@
 //! The token ledger in Redis, with a local index in front (see the crate docs).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -26,12 +27,24 @@ const REVOKE_ACCOUNT: &str = "local c = tonumber(redis.call('HGET', KEYS[1], ARG
 /// after must not bring it back unrevoked.
 const RECENT_REVOKED_SECONDS: u64 = 60;
 
+/// How long a token Redis did not have is answered as unknown without asking again (ms).
+pub const ABSENT_MS: u64 = 500;
+/// Most tokens remembered as absent (about 64 bytes each, so at most about 6 MiB); past
+/// it, lookups go to Redis until expired entries are dropped.
+pub const ABSENT_CAP: usize = 100_000;
+
 /// The Redis-backed ledger. Built by [`crate::FleetNode::new`].
 pub struct RedisLedger {
     inner: Arc<Inner>,
     /// Swapped for an empty one when the stream was trimmed past what this node read.
     index: ArcSwap<MemIndex>,
     recent_revoked: DashMap<TokenId, u64>,
+    /// Tokens Redis did not have, until when (unix ms): the negative cache.
+    absent: DashMap<TokenId, u64>,
+    absent_len: AtomicUsize,
+    /// When expired entries were last dropped from `absent` (unix ms): at most once per
+    /// [`ABSENT_MS`], so a full cache under a flood of new tokens is not walked per request.
+    absent_swept_ms: AtomicU64,
 }
 
 fn unavailable(e: String) -> LedgerError {
@@ -44,7 +57,55 @@ impl RedisLedger {
             inner,
             index: ArcSwap::from_pointee(MemIndex::new()),
             recent_revoked: DashMap::new(),
+            absent: DashMap::new(),
+            absent_len: AtomicUsize::new(0),
+            absent_swept_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a token's absence from Redis may be remembered: not one issued within
+    /// `ledger.issuance_window` (the proxy waits for those records).
+    fn may_remember_absent(&self, query: &Query<'_>, now_s: u64) -> bool {
+        query.issued_at.is_none_or(|iat| {
+            iat.saturating_add(self.inner.issuance_window) < now_s || iat > now_s + 1
+        })
+    }
+
+    /// Whether Redis said, within the last [`ABSENT_MS`], that it does not have `id`.
+    fn known_absent(&self, id: &TokenId, now_ms: u64) -> bool {
+        self.absent.get(id).is_some_and(|until| *until > now_ms)
+    }
+
+    fn remember_absent(&self, id: TokenId, now_ms: u64) {
+        if self.absent_len.load(Ordering::Relaxed) >= ABSENT_CAP {
+            let last = self.absent_swept_ms.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(last) < ABSENT_MS
+                || self
+                    .absent_swept_ms
+                    .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return;
+            }
+            self.absent.retain(|_, until| *until > now_ms);
+            self.absent_len.store(self.absent.len(), Ordering::Relaxed);
+            if self.absent_len.load(Ordering::Relaxed) >= ABSENT_CAP {
+                return;
+            }
+        }
+        if self
+            .absent
+            .insert(id, now_ms.saturating_add(ABSENT_MS))
+            .is_none()
+        {
+            self.absent_len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tokens remembered as absent from Redis (expired ones included until a sweep).
+    #[must_use]
+    pub fn absent_len(&self) -> usize {
+        self.absent_len.load(Ordering::Relaxed)
     }
 
     /// Applies a revocation to this node's index and recently-revoked set (the
@@ -171,13 +232,18 @@ impl Ledger for RedisLedger {
 
     fn check_local(&self, query: &Query<'_>) -> Option<Answer> {
         match self.index.load().answer(query) {
+            Answer::Unknown if self.known_absent(&query.id, now_ms()) => Some(Answer::Unknown),
             Answer::Unknown => None,
             a => Some(a),
         }
     }
 
     async fn check(&self, query: &Query<'_>) -> Result<Answer, LedgerError> {
-        let _ = self.fetch(&query.id).await?;
+        let found = self.fetch(&query.id).await?;
+        let now = now_ms();
+        if found.is_none() && self.may_remember_absent(query, now / 1000) {
+            self.remember_absent(query.id, now);
+        }
         Ok(self.index.load().answer(query))
     }
 
@@ -222,6 +288,9 @@ impl Ledger for RedisLedger {
         let index = self.index.load();
         for r in &records {
             index.insert_with(r, self.recent_revoked.contains_key(&r.id));
+            if self.absent.remove(&r.id).is_some() {
+                self.absent_len.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }

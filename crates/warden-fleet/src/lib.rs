@@ -32,6 +32,13 @@
 //! be retried behind its back. Lookups are answered from a local [`MemIndex`] when it
 //! knows the token, else from Redis (`HGETALL`, whose answer fills the index).
 //!
+//! A token Redis does not have is remembered as absent for [`ABSENT_MS`] (at most
+//! [`ABSENT_CAP`] tokens), so a forged token replayed in a flood costs one Redis lookup
+//! per node and half-second, not one per request. Tokens within `ledger.issuance_window`
+//! of their `iat` are never remembered (their record may be on its way, and the proxy
+//! waits for it), and a record this node writes clears its token at once; a record of an
+//! older token written on another node is seen here at most [`ABSENT_MS`] late.
+//!
 //! ## Revocations and bans
 //! Applied to Redis durably (the record's `r` field, the revocation hashes, the ban hash)
 //! and appended to the stream in the same `MULTI`. Every node tails the stream with
@@ -65,7 +72,7 @@ use warden_detect::fleet::FleetState;
 use warden_detect::Engine;
 use warden_metrics::Metrics;
 
-pub use ledger::RedisLedger;
+pub use ledger::{RedisLedger, ABSENT_CAP, ABSENT_MS};
 
 /// Why fleet mode could not start.
 #[derive(Debug, Error)]
@@ -195,6 +202,9 @@ pub(crate) struct Inner {
     pub health: Health,
     /// Seconds a record is kept past its expiry.
     pub expiry_grace: u64,
+    /// `ledger.issuance_window` in seconds: tokens issued more recently than this may be
+    /// waited for, so their absence from Redis is never remembered.
+    pub issuance_window: u64,
 }
 
 impl Inner {
@@ -322,6 +332,7 @@ impl FleetNode {
             verifier,
             health: Health::default(),
             expiry_grace: ledger_cfg.expiry_grace.as_secs(),
+            issuance_window: ledger_cfg.issuance_window.as_secs(),
         });
         Ok(Self {
             ledger: Arc::new(RedisLedger::new(Arc::clone(&inner))),
