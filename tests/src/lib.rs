@@ -254,6 +254,11 @@ impl Upstream {
     /// Starts `warden upstream` issuing tokens under `kid`.
     pub fn start(kid: &str) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::start_on(kid, addr)
+    }
+
+    /// [`Upstream::start`] on a given address.
+    pub fn start_on(kid: &str, addr: SocketAddr) -> Self {
         let child = Command::new(warden_bin())
             .args(["upstream", "--listen", &addr.to_string(), "--kid", kid])
             .stdout(Stdio::null())

@@ -657,3 +657,28 @@ fn upstream_peers_may_be_host_names_resolved_at_start() {
         w.log()
     );
 }
+
+#[test]
+fn a_web_tier_that_starts_after_warden_is_served_at_once_not_after_the_next_health_check() {
+    // Nothing listens on the upstream address yet: the first health check marks the only
+    // peer down, and requests get 502 (the peer is tried and refuses), not a 500.
+    let addr: SocketAddr = format!("127.0.0.1:{}", warden_e2e::free_port())
+        .parse()
+        .expect("addr");
+    let w = Warden::start_with_rules_and_ledger_to(addr, "", "", "");
+    let marked = wait_for(Duration::from_secs(5), || {
+        w.log().contains("becomes unhealthy").then_some(())
+    });
+    assert!(
+        marked.is_some(),
+        "no health check marked the peer down:\n{}",
+        w.log()
+    );
+    let r = request(w.proxy, "GET", "/health", &[], b"");
+    assert_eq!(r.status, 502, "{}", r.text());
+    // The web tier comes up: served at once, while the health check still says down
+    // (it runs once a second; before, every request got 500 until it ran).
+    let _up = Upstream::start_on(kid::ACTIVE, addr);
+    let r = request(w.proxy, "GET", "/health", &[], b"");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), w.log());
+}

@@ -81,6 +81,12 @@ impl WardenProxy {
     /// it but without its per-request hashing (six SipHash rounds of the backend for the
     /// selection and its uniqueness check, about 1 000 instructions a request): one
     /// readiness lookup per backend tried.
+    ///
+    /// When no peer is ready, the round robin's own pick is tried anyway, as nginx does
+    /// when every server is marked failed (and Envoy below its panic threshold): the
+    /// health check runs once a second, so a web tier that came up a moment after warden
+    /// (or a single peer that missed one check) would otherwise get every request refused
+    /// until the next check. A peer that is really down then answers 502 at once.
     fn next_peer(&self) -> Option<&HttpPeer> {
         let n = self.peers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +94,7 @@ impl WardenProxy {
         (0..n)
             .map(|i| &self.peers[start.wrapping_add(i) % n])
             .find(|(b, _)| backends.ready(b))
+            .or_else(|| self.peers.get(start % n.max(1)))
             .map(|(_, p)| p)
     }
 }
