@@ -71,6 +71,31 @@ fn time_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
     wait_for(limit, || f().then_some(())).map(|()| start.elapsed())
 }
 
+/// Whether `f` holds within a second (the fleet's propagation bound).
+fn within_a_second(f: impl FnMut() -> bool) -> bool {
+    time_until(Duration::from_secs(1), f).is_some()
+}
+
+/// Revokes one token through `w`'s admin API.
+fn revoke_token(w: &Warden, t: &str) {
+    let r = w.admin(
+        "POST",
+        "/ledger/revoke",
+        &serde_json::json!({"token": t}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Bans a client address through `w`'s admin API, for `ttl`.
+fn ban_address(w: &Warden, ip: &str, ttl: &str) {
+    let r = w.admin(
+        "POST",
+        "/decisions",
+        &format!(r#"{{"field":"ip","value":"{ip}","ttl":"{ttl}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 #[test]
 fn records_revocations_and_bans_reach_every_node_within_a_second() {
     let redis = Redis::start();
@@ -110,17 +135,9 @@ ban_for = "1h"
     assert!(cached.is_some(), "B did not cache the confirmed token");
 
     // Revoked on A: refused on B within a second, cache or not.
-    let r = a.admin(
-        "POST",
-        "/ledger/revoke",
-        &serde_json::json!({"token": t}).to_string(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let took = time_until(Duration::from_secs(1), || {
-        b.get("/account/profile", &t).status == 401
-    });
+    revoke_token(&a, &t);
     assert!(
-        took.is_some(),
+        within_a_second(|| b.get("/account/profile", &t).status == 401),
         "a revocation made on A still passed on B after 1 s"
     );
     let counted = wait_for(Duration::from_secs(1), || {
@@ -153,17 +170,9 @@ ban_for = "1h"
     let t3 = token(SampleKey::RsA, kid::ACTIVE, "carol", now() - 60);
     a.record(&t3);
     assert_eq!(b.get_from("127.0.0.9", "/account/profile", &t3).status, 200);
-    let r = a.admin(
-        "POST",
-        "/decisions",
-        r#"{"field":"ip","value":"127.0.0.9","ttl":"1h"}"#,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let took = time_until(Duration::from_secs(1), || {
-        b.get_from("127.0.0.9", "/account/profile", &t3).status == 403
-    });
+    ban_address(&a, "127.0.0.9", "1h");
     assert!(
-        took.is_some(),
+        within_a_second(|| b.get_from("127.0.0.9", "/account/profile", &t3).status == 403),
         "a ban placed on A did not apply on B within 1 s"
     );
     // Only that address: another still passes on B.
@@ -225,12 +234,7 @@ fn ended_bans_leave_redis_while_the_nodes_run() {
     let up = Upstream::start(kid::ACTIVE);
     let (a, _b, _keys) = two_nodes(&redis, &up, "", "prune");
     for (ip, ttl) in [("127.0.0.20", "1s"), ("127.0.0.21", "1h")] {
-        let r = a.admin(
-            "POST",
-            "/decisions",
-            &format!(r#"{{"field":"ip","value":"{ip}","ttl":"{ttl}"}}"#),
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
+        ban_address(&a, ip, ttl);
     }
     // (bans in the hash, entries in the end index)
     let sizes = || -> (Option<u32>, Option<u32>) {
@@ -405,12 +409,7 @@ fn redis_down_applies_the_fail_mode_and_recovers_when_it_returns() {
     assert_eq!(a.get("/account/profile", &fresh).status, 200);
     // The record made before the crash is still in Redis, and revocations flow again.
     assert!(redis.cli(&["KEYS", "t3:tok:*"]).lines().count() >= 2);
-    let r = a.admin(
-        "POST",
-        "/ledger/revoke",
-        &serde_json::json!({"token": known}).to_string(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    revoke_token(&a, &known);
     assert_eq!(a.get("/account/profile", &known).status, 401);
     let up_again = wait_for(Duration::from_secs(2), || {
         (a.metric("warden_fleet_redis_down") == 0.0).then_some(())
@@ -566,40 +565,21 @@ fn two_processes_given_one_node_name_still_share_revocations_and_bans_and_are_fl
     // A revocation made on one twin reaches the other.
     let t = token(SampleKey::RsA, kid::ACTIVE, "alice", now() - 60);
     a.record(&t);
-    let took = time_until(Duration::from_secs(1), || {
-        b.get("/account/profile", &t).status == 200
-    });
     assert!(
-        took.is_some(),
+        within_a_second(|| b.get("/account/profile", &t).status == 200),
         "a record made on one twin did not reach the other"
     );
-    let r = a.admin(
-        "POST",
-        "/ledger/revoke",
-        &serde_json::json!({"token": t}).to_string(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let took = time_until(Duration::from_secs(1), || {
-        b.get("/account/profile", &t).status == 401
-    });
+    revoke_token(&a, &t);
     assert!(
-        took.is_some(),
+        within_a_second(|| b.get("/account/profile", &t).status == 401),
         "a revocation made on one twin still passed on the other after 1 s"
     );
     // A ban placed on the other twin applies on the first.
     let t2 = token(SampleKey::RsA, kid::ACTIVE, "bob", now() - 60);
     b.record(&t2);
-    let r = b.admin(
-        "POST",
-        "/decisions",
-        r#"{"field":"ip","value":"127.0.0.9","ttl":"1h"}"#,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let took = time_until(Duration::from_secs(1), || {
-        a.get_from("127.0.0.9", "/account/profile", &t2).status == 403
-    });
+    ban_address(&b, "127.0.0.9", "1h");
     assert!(
-        took.is_some(),
+        within_a_second(|| a.get_from("127.0.0.9", "/account/profile", &t2).status == 403),
         "a ban placed on one twin did not apply on the other within 1 s"
     );
 
@@ -647,11 +627,8 @@ fn a_forged_token_replayed_costs_one_redis_lookup_per_half_second_not_one_per_re
     // The cache does not hide a record for long: the token, issued ten minutes ago, is
     // recorded on A (an import, say) and accepted on B within a second.
     a.record(&forged);
-    let took = time_until(Duration::from_secs(1), || {
-        b.get("/account/profile", &forged).status == 200
-    });
     assert!(
-        took.is_some(),
+        within_a_second(|| b.get("/account/profile", &forged).status == 200),
         "a record made on A was refused on B after 1 s"
     );
 

@@ -183,6 +183,15 @@ impl<'a> Query<'a> {
             issued_at: v.issued_at,
         }
     }
+
+    /// Whether the token was issued within the last `window_s` seconds (allowing a second
+    /// of clock skew ahead): its record may still be on its way, so an unknown answer is
+    /// waited for (the proxy) and never remembered (the fleet's negative cache).
+    #[must_use]
+    pub fn just_issued(&self, window_s: u64, now_s: u64) -> bool {
+        self.issued_at
+            .is_some_and(|iat| iat.saturating_add(window_s) >= now_s && iat <= now_s + 1)
+    }
 }
 
 /// The ledger's answer.

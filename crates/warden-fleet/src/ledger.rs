@@ -1,7 +1,7 @@
 //! The token ledger in Redis, with a local index in front (see the crate docs).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -41,7 +41,6 @@ pub struct RedisLedger {
     recent_revoked: DashMap<TokenId, u64>,
     /// Tokens Redis did not have, until when (unix ms): the negative cache.
     absent: DashMap<TokenId, u64>,
-    absent_len: AtomicUsize,
     /// When expired entries were last dropped from `absent` (unix ms): at most once per
     /// [`ABSENT_MS`], so a full cache under a flood of new tokens is not walked per request.
     absent_swept_ms: AtomicU64,
@@ -58,17 +57,8 @@ impl RedisLedger {
             index: ArcSwap::from_pointee(MemIndex::new()),
             recent_revoked: DashMap::new(),
             absent: DashMap::new(),
-            absent_len: AtomicUsize::new(0),
             absent_swept_ms: AtomicU64::new(0),
         }
-    }
-
-    /// Whether a token's absence from Redis may be remembered: not one issued within
-    /// `ledger.issuance_window` (the proxy waits for those records).
-    fn may_remember_absent(&self, query: &Query<'_>, now_s: u64) -> bool {
-        query.issued_at.is_none_or(|iat| {
-            iat.saturating_add(self.inner.issuance_window) < now_s || iat > now_s + 1
-        })
     }
 
     /// Whether Redis said, within the last [`ABSENT_MS`], that it does not have `id`.
@@ -77,7 +67,7 @@ impl RedisLedger {
     }
 
     fn remember_absent(&self, id: TokenId, now_ms: u64) {
-        if self.absent_len.load(Ordering::Relaxed) >= ABSENT_CAP {
+        if self.absent.len() >= ABSENT_CAP {
             let last = self.absent_swept_ms.load(Ordering::Relaxed);
             if now_ms.saturating_sub(last) < ABSENT_MS
                 || self
@@ -88,24 +78,11 @@ impl RedisLedger {
                 return;
             }
             self.absent.retain(|_, until| *until > now_ms);
-            self.absent_len.store(self.absent.len(), Ordering::Relaxed);
-            if self.absent_len.load(Ordering::Relaxed) >= ABSENT_CAP {
+            if self.absent.len() >= ABSENT_CAP {
                 return;
             }
         }
-        if self
-            .absent
-            .insert(id, now_ms.saturating_add(ABSENT_MS))
-            .is_none()
-        {
-            self.absent_len.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Tokens remembered as absent from Redis (expired ones included until a sweep).
-    #[must_use]
-    pub fn absent_len(&self) -> usize {
-        self.absent_len.load(Ordering::Relaxed)
+        self.absent.insert(id, now_ms.saturating_add(ABSENT_MS));
     }
 
     /// Applies a revocation to this node's index and recently-revoked set (the
@@ -241,7 +218,8 @@ impl Ledger for RedisLedger {
     async fn check(&self, query: &Query<'_>) -> Result<Answer, LedgerError> {
         let found = self.fetch(&query.id).await?;
         let now = now_ms();
-        if found.is_none() && self.may_remember_absent(query, now / 1000) {
+        // Not a just-issued token: the proxy waits for its record and must see it arrive.
+        if found.is_none() && !query.just_issued(self.inner.issuance_window, now / 1000) {
             self.remember_absent(query.id, now);
         }
         Ok(self.index.load().answer(query))
@@ -288,9 +266,7 @@ impl Ledger for RedisLedger {
         let index = self.index.load();
         for r in &records {
             index.insert_with(r, self.recent_revoked.contains_key(&r.id));
-            if self.absent.remove(&r.id).is_some() {
-                self.absent_len.fetch_sub(1, Ordering::Relaxed);
-            }
+            self.absent.remove(&r.id);
         }
         Ok(())
     }

@@ -632,9 +632,9 @@ impl Event {
 /// missed only when a different key with the same pair and the same 32-bit tag was
 /// written within the interval: about 2⁻³² per pair of keys). 10 000 keys a minute, a
 /// flood of forged tokens each from its own address, write about 3 % of their repeats
-/// (one slot a key wrote about 14 %); 3 000 keys, about 0.3 % (one slot, 4 %). Keys are hashed with a per-process
-/// random key, so clients cannot aim collisions. Lock-free; two threads seeing a key at
-/// once may both write it.
+/// (one slot a key wrote about 14 %); 3 000 keys, about 0.3 % (one slot, 4 %). Keys are
+/// hashed with a per-process random key, so clients cannot aim collisions. Lock-free;
+/// two threads seeing a key at once may both write it.
 pub struct RepeatFilter {
     interval_s: u64,
     hasher: std::collections::hash_map::RandomState,
@@ -769,7 +769,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repeats_are_written_once_per_window_and_keys_apart() {
+    fn repeats_are_written_once_per_interval_and_keys_apart() {
         let f = RepeatFilter::new(Duration::from_secs(60));
         let t0 = 1_800_000_020;
         assert!(f.first(&("forged", "10.0.0.1", 7u64), t0));

@@ -193,10 +193,7 @@ async fn decide(shared: &Shared, token: &str, settings: &Settings) -> Decision {
         // Issuance race: a token used moments after it was issued may arrive before its
         // record. Wait, bounded in time and in the number of waiters, for tokens whose
         // `iat` is recent; anything else unknown is forged at once.
-        let window = settings.ledger.issuance_window.as_secs();
-        let fresh = v
-            .issued_at
-            .is_some_and(|iat| iat.saturating_add(window) >= now && iat <= now + 1);
+        let fresh = q.just_issued(settings.ledger.issuance_window.as_secs(), now);
         if answer == Answer::Unknown && fresh && !settings.ledger.issuance_wait.is_zero() {
             match shared.waiters.try_acquire() {
                 Ok(_permit) => {
