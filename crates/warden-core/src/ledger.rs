@@ -323,8 +323,9 @@ impl Packed {
     }
 }
 
-/// Hashes a [`TokenId`] by taking its first 8 bytes: ids are SHA-256 output, so they are
-/// already uniform, and running SipHash over them again would only cost time.
+/// Hashes a key that is already uniform by folding its bytes: a [`TokenId`] (SHA-256
+/// output) or the verifier's cache key (a keyed SipHash). Running SipHash over them
+/// again would only cost time.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct IdHasherBuilder;
 

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use crate::keys::{Key, KeyRegistry, KeyUse};
-use crate::ledger::{Answer, Record, TokenId};
+use crate::ledger::{Answer, IdHasherBuilder, Record, TokenId};
 use crate::reason::Reason;
 use crate::token;
 
@@ -147,11 +147,13 @@ pub struct Checked {
 pub struct Verifier {
     registry: RwLock<Arc<KeyRegistry>>,
     policy: Policy,
-    cache: DashMap<u128, Arc<Verified>>,
+    /// Keyed by [`Verifier::cache_key`], a keyed SipHash: uniform already, so the maps
+    /// take it as it is ([`IdHasherBuilder`]) instead of hashing it again.
+    cache: DashMap<u128, Arc<Verified>, IdHasherBuilder>,
     /// `cache.len()` locks every shard: this counter answers instead, approximately.
     cached: AtomicUsize,
     /// Validly signed tokens the ledger did not confirm (see the module doc).
-    unconfirmed: DashMap<u128, Arc<Verified>>,
+    unconfirmed: DashMap<u128, Arc<Verified>, IdHasherBuilder>,
     unconfirmed_len: AtomicUsize,
     kept_claims: RwLock<Arc<[Box<str>]>>,
     sip_key: (u64, u64),
@@ -175,9 +177,9 @@ impl Verifier {
         Self {
             registry: RwLock::new(Arc::new(registry)),
             policy,
-            cache: DashMap::new(),
+            cache: DashMap::with_hasher(IdHasherBuilder),
             cached: AtomicUsize::new(0),
-            unconfirmed: DashMap::new(),
+            unconfirmed: DashMap::with_hasher(IdHasherBuilder),
             unconfirmed_len: AtomicUsize::new(0),
             kept_claims: RwLock::new(Arc::from(Vec::new())),
             sip_key: (k0, k1),

@@ -199,6 +199,11 @@ struct Group {
     key_fields: Vec<usize>,
     /// Index in [`RuleSet::rules`] of the rule in each slot.
     members: Vec<usize>,
+    /// Route classes of its rules, as bits (a group's rules share them).
+    classes: u8,
+    /// Slots whose rule matches on route class alone (no method, path or condition):
+    /// for them the class bit decides, and [`matches`] is not called.
+    class_only: u8,
     state: Arc<GroupState>,
 }
 
@@ -536,7 +541,7 @@ impl Engine {
             }
         }
         let mut groups = Vec::with_capacity(by_key.len());
-        for (gi, (key, _, mut members)) in by_key.into_iter().enumerate() {
+        for (gi, (key, classes, mut members)) in by_key.into_iter().enumerate() {
             members.sort_by_key(|&i| compiled[i].fingerprint);
             let fingerprints: Vec<u64> = members.iter().map(|&i| compiled[i].fingerprint).collect();
             for (slot, &i) in members.iter().enumerate() {
@@ -551,9 +556,19 @@ impl Engine {
                     || Arc::new(carry_over(&old, fingerprints)),
                     |g| Arc::clone(&g.state),
                 );
+            let class_only = members.iter().enumerate().fold(0u8, |m, (slot, &i)| {
+                let r = &compiled[i].rule.matcher;
+                if r.methods.is_empty() && r.paths.is_empty() && r.conditions.is_empty() {
+                    m | (1 << slot)
+                } else {
+                    m
+                }
+            });
             groups.push(Group {
                 key_fields: key.iter().map(&mut field_index).collect(),
                 members,
+                classes,
+                class_only,
                 state,
             });
         }
@@ -1395,11 +1410,12 @@ impl RuleOrder {
 
 /// Bit `i` set when the rule in slot `i` of the group matches the request.
 fn match_mask(set: &RuleSet, g: &Group, f: &Facts<'_>) -> u8 {
-    let class = class_bit(f.class);
-    let mut mask = 0u8;
+    if g.classes & class_bit(f.class) == 0 {
+        return 0;
+    }
+    let mut mask = g.class_only;
     for (slot, &ri) in g.members.iter().enumerate() {
-        let c = &set.rules[ri];
-        if c.classes & class != 0 && matches(&c.rule, f) {
+        if g.class_only & (1 << slot) == 0 && matches(&set.rules[ri].rule, f) {
             mask |= 1 << slot;
         }
     }

@@ -398,6 +398,68 @@ fn matching_by_path_method_and_header() {
 }
 
 #[test]
+fn rules_matching_on_class_alone_share_a_group_with_rules_that_test_more() {
+    // One key group (address, protected routes): a rule on the class alone, and one
+    // that also tests a header. Each must match on its own terms.
+    let e = Engine::new(64 * MIB, 1000);
+    let mut every = rule("every", vec![Field::Ip], Measure::Count, 60, 0, Action::Log);
+    every.matcher.classes = vec![RouteClass::Protected];
+    let mut bots = rule(
+        "bots",
+        vec![Field::Ip],
+        Measure::Count,
+        60,
+        0,
+        Action::Block,
+    );
+    bots.matcher = Match {
+        classes: vec![RouteClass::Protected],
+        conditions: vec![Condition::Prefix(
+            Field::Header("user-agent".into()),
+            "python-requests".into(),
+        )],
+        ..Match::default()
+    };
+    e.set_rules(vec![every, bots], 64 * MIB);
+    let names = |v: &crate::Verdict| {
+        v.hits
+            .iter()
+            .map(|h| h.rule.to_string())
+            .collect::<Vec<_>>()
+    };
+    let q = Req::new("192.0.2.9", "eve");
+    let browser = Headers(vec![("user-agent", "Mozilla/5.0")]);
+    let script = Headers(vec![("user-agent", "python-requests/2.31")]);
+
+    let v = eval_h(&e, &q, T0, &browser);
+    assert_eq!(
+        (v.decision.clone(), names(&v)),
+        (Decision::Pass, vec!["every".to_owned()])
+    );
+    let v = eval_h(&e, &q, T0, &script);
+    assert_eq!(v.decision, Decision::Block);
+    assert_eq!(names(&v).len(), 2, "{:?}", names(&v));
+
+    // On an open route neither rule applies, the class-only one included.
+    let v = e.evaluate(&Facts {
+        now_ms: T0,
+        class: RouteClass::Open,
+        route: None,
+        method: "GET",
+        path: "/static/app.js",
+        ip: q.ip,
+        account: None,
+        token: None,
+        headers: &script,
+        claims: &Nothing,
+    });
+    assert_eq!(
+        (v.decision.clone(), names(&v)),
+        (Decision::Pass, Vec::<String>::new())
+    );
+}
+
+#[test]
 fn reload_keeps_state_and_bans_of_unchanged_rules_only() {
     let e = Engine::new(64 * MIB, 1000);
     let keep = rule(

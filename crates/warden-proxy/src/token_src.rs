@@ -52,19 +52,27 @@ pub fn find<'a>(headers: &'a HeaderMap, src: &TokenSource) -> Found<'a> {
         }
     }
     if let Some(cookie) = &src.cookie {
+        // Read as bytes: only our cookie's value must be text. Another application's
+        // cookie with a byte past ASCII does not make the request malformed, and the
+        // whole header (a session token makes it most of a kilobyte) is not checked
+        // byte by byte on every request.
         for v in headers.get_all("cookie") {
-            let Ok(s) = v.to_str() else {
-                return Found::Ambiguous;
-            };
-            for pair in s.split(';') {
-                let Some((k, val)) = pair.trim().split_once('=') else {
+            let v = v.as_bytes();
+            let mut start = 0;
+            for end in memchr::memchr_iter(b';', v).chain(std::iter::once(v.len())) {
+                let pair = v[start..end].trim_ascii();
+                start = end + 1;
+                let Some(eq) = memchr::memchr(b'=', pair) else {
                     continue;
                 };
-                if k.trim() == cookie {
-                    let val = val.trim().trim_matches('"');
-                    if val.is_empty() || !add(val) {
-                        return Found::Ambiguous;
-                    }
+                if pair[..eq].trim_ascii() != cookie.as_bytes() {
+                    continue;
+                }
+                let Ok(val) = std::str::from_utf8(trim_quotes(pair[eq + 1..].trim_ascii())) else {
+                    return Found::Ambiguous;
+                };
+                if val.is_empty() || !add(val) {
+                    return Found::Ambiguous;
                 }
             }
         }
@@ -73,6 +81,18 @@ pub fn find<'a>(headers: &'a HeaderMap, src: &TokenSource) -> Found<'a> {
         Some(t) => Found::One(t),
         None => Found::None,
     }
+}
+
+/// A cookie value without its surrounding double quotes (all of them, as
+/// `str::trim_matches('"')`).
+fn trim_quotes(mut v: &[u8]) -> &[u8] {
+    while let [b'"', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b'"'] = v {
+        v = rest;
+    }
+    v
 }
 
 /// Finds a cookie's value in `Set-Cookie` header values.
@@ -159,6 +179,60 @@ mod tests {
             find(&h(&[("authorization", "Bearer")]), &src()),
             Found::Ambiguous
         );
+    }
+
+    #[test]
+    fn cookies_are_read_as_they_were_as_text() {
+        // Each case against the reading of the header as text that came before.
+        let text = |header: &str| -> Found<'static> {
+            let mut found = Found::None;
+            for pair in header.split(';') {
+                let Some((k, val)) = pair.trim().split_once('=') else {
+                    continue;
+                };
+                if k.trim() == "session" {
+                    let val = val.trim().trim_matches('"');
+                    found = match found {
+                        _ if val.is_empty() => return Found::Ambiguous,
+                        Found::One(prev) if prev != val => return Found::Ambiguous,
+                        _ => Found::One(Box::leak(val.to_owned().into_boxed_str())),
+                    };
+                }
+            }
+            found
+        };
+        for header in [
+            "session=abc",
+            " session = abc ; a=1",
+            "a=1;session=\"abc\";b",
+            "session=\"\"",
+            "session=",
+            "session=a; session=a",
+            "session=a; session=b",
+            "sessions=a; xsession=b",
+            ";;=;session=x=y;",
+            "session=\"\"abc\"",
+            "\tsession\t=\tabc\t",
+        ] {
+            assert_eq!(
+                find(&h(&[("cookie", header)]), &src()),
+                text(header),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_cookie_past_ascii_does_not_make_the_request_malformed() {
+        let mut m = HeaderMap::new();
+        let v = http::HeaderValue::from_bytes(b"pref=caf\xc3\xa9; session=tok").expect("value");
+        m.append("cookie", v);
+        assert_eq!(find(&m, &src()), Found::One("tok"));
+        // Our own cookie must still be text.
+        let mut m = HeaderMap::new();
+        let v = http::HeaderValue::from_bytes(b"session=t\xffk").expect("value");
+        m.append("cookie", v);
+        assert_eq!(find(&m, &src()), Found::Ambiguous);
     }
 
     #[test]
