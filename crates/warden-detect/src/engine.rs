@@ -31,7 +31,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use siphasher::sip::SipHasher13;
 use warden_core::ledger::TokenId;
-use warden_rules::{Action, Condition, Field, Measure, Mode, RouteClass, Rule, Scope};
+use warden_rules::{Action, Condition, Field, Match, Measure, Mode, RouteClass, Rule, Scope};
 
 use crate::fleet::{FleetNote, FleetState};
 use crate::state::{GroupMap, Slot, MAX_SLOTS};
@@ -557,12 +557,7 @@ impl Engine {
                     |g| Arc::clone(&g.state),
                 );
             let class_only = members.iter().enumerate().fold(0u8, |m, (slot, &i)| {
-                let r = &compiled[i].rule.matcher;
-                if r.methods.is_empty() && r.paths.is_empty() && r.conditions.is_empty() {
-                    m | (1 << slot)
-                } else {
-                    m
-                }
+                m | (u8::from(on_class_alone(&compiled[i].rule)) << slot)
             });
             groups.push(Group {
                 key_fields: key.iter().map(&mut field_index).collect(),
@@ -1428,6 +1423,18 @@ fn class_bit(c: RouteClass) -> u8 {
         RouteClass::Issuance => 2,
         RouteClass::Open => 4,
     }
+}
+
+/// Whether a rule matches on route class alone: [`matches`] holds for every request.
+/// Every part of [`Match`] is named, so a new one must be decided here too.
+fn on_class_alone(r: &Rule) -> bool {
+    let Match {
+        classes: _,
+        methods,
+        paths,
+        conditions,
+    } = &r.matcher;
+    methods.is_empty() && paths.is_empty() && conditions.is_empty()
 }
 
 /// Whether a rule's match holds, route class apart (tested first, from bits).

@@ -56,7 +56,7 @@ pub fn find<'a>(headers: &'a HeaderMap, src: &TokenSource) -> Found<'a> {
         // cookie with a byte past ASCII does not make the request malformed, and the
         // whole header (a session token makes it most of a kilobyte) is not checked
         // byte by byte on every request.
-        for v in headers.get_all("cookie") {
+        for v in headers.get_all(http::header::COOKIE) {
             let v = v.as_bytes();
             let mut start = 0;
             for end in memchr::memchr_iter(b';', v).chain(std::iter::once(v.len())) {
@@ -68,9 +68,10 @@ pub fn find<'a>(headers: &'a HeaderMap, src: &TokenSource) -> Found<'a> {
                 if pair[..eq].trim_ascii() != cookie.as_bytes() {
                     continue;
                 }
-                let Ok(val) = std::str::from_utf8(trim_quotes(pair[eq + 1..].trim_ascii())) else {
+                let Ok(val) = std::str::from_utf8(pair[eq + 1..].trim_ascii()) else {
                     return Found::Ambiguous;
                 };
+                let val = val.trim_matches('"');
                 if val.is_empty() || !add(val) {
                     return Found::Ambiguous;
                 }
@@ -81,18 +82,6 @@ pub fn find<'a>(headers: &'a HeaderMap, src: &TokenSource) -> Found<'a> {
         Some(t) => Found::One(t),
         None => Found::None,
     }
-}
-
-/// A cookie value without its surrounding double quotes (all of them, as
-/// `str::trim_matches('"')`).
-fn trim_quotes(mut v: &[u8]) -> &[u8] {
-    while let [b'"', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b'"'] = v {
-        v = rest;
-    }
-    v
 }
 
 /// Finds a cookie's value in `Set-Cookie` header values.
