@@ -30,13 +30,13 @@
 //! about half of it: those tokens are verified again once.
 
 use std::hash::Hasher as _;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use jsonwebtoken::Algorithm;
 use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
 
 use crate::keys::{Key, KeyRegistry, KeyUse};
 use crate::ledger::{Answer, IdHasherBuilder, Record, TokenId};
@@ -145,7 +145,9 @@ pub struct Checked {
 
 /// Verifies tokens against the current registry and policy.
 pub struct Verifier {
-    registry: RwLock<Arc<KeyRegistry>>,
+    /// Read on every request: an `ArcSwap` load takes no lock and writes no line another
+    /// worker reads (a `RwLock` read bumps its reader count, a line every worker shares).
+    registry: ArcSwap<KeyRegistry>,
     policy: Policy,
     /// Keyed by [`Verifier::cache_key`], a keyed SipHash: uniform already, so the maps
     /// take it as it is ([`IdHasherBuilder`]) instead of hashing it again.
@@ -175,7 +177,7 @@ impl Verifier {
             policy.cache_capacity = 0;
         }
         Self {
-            registry: RwLock::new(Arc::new(registry)),
+            registry: ArcSwap::from_pointee(registry),
             policy,
             cache: DashMap::with_hasher(IdHasherBuilder),
             cached: AtomicUsize::new(0),
@@ -195,20 +197,13 @@ impl Verifier {
     /// The current registry.
     #[must_use]
     pub fn registry(&self) -> Arc<KeyRegistry> {
-        match self.registry.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.registry.load_full()
     }
 
     /// Swaps in a new registry. Cached tokens are re-checked against it on their next use
     /// (a kid that disappeared or whose material changed is verified afresh).
     pub fn swap_registry(&self, registry: KeyRegistry) {
-        let new = Arc::new(registry);
-        match self.registry.write() {
-            Ok(mut g) => *g = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
-        }
+        self.registry.store(Arc::new(registry));
     }
 
     fn cache_key(&self, token: &str) -> u128 {
@@ -222,7 +217,7 @@ impl Verifier {
         if token.len() > self.policy.max_token_bytes {
             return Err(Reason::Malformed);
         }
-        let registry = self.registry();
+        let registry = self.registry.load();
         let cache_key = self.cache_key(token);
         let hit = match self.cache.get(&cache_key).map(|v| Arc::clone(&v)) {
             Some(v) => Some((v, true)),
@@ -411,7 +406,7 @@ impl Verifier {
         if token.len() > self.policy.max_token_bytes {
             return Err(Reason::Malformed);
         }
-        let registry = self.registry();
+        let registry = self.registry.load();
         let (v, key) = self.verify_fresh(token, &registry)?;
         self.check_live(&v, &key, now)?;
         Ok(Record {
