@@ -144,6 +144,8 @@ pub struct FieldMap {
     /// (source name, target); later entries for a target replace earlier ones.
     entries: Vec<(Box<str>, Target)>,
     headers: Vec<Box<str>>,
+    /// `entries` as the JSON scanner looks them up, in the same order.
+    keys: Vec<JsonKey>,
     /// For the combined format: the target of each positional field.
     positions: [Option<Target>; 9 + MAX_EXTRA],
 }
@@ -163,6 +165,7 @@ impl FieldMap {
             format,
             entries: Vec::new(),
             headers: Vec::new(),
+            keys: Vec::new(),
             positions: [None; 9 + MAX_EXTRA],
         };
         let defaults: &[(&str, &str)] = match format {
@@ -243,6 +246,15 @@ impl FieldMap {
         if !source.is_empty() {
             self.entries.push((source.into(), t));
         }
+        self.keys = self
+            .entries
+            .iter()
+            .map(|(s, t)| JsonKey {
+                word: prefix_word(s.as_bytes()),
+                name: s.clone(),
+                target: *t,
+            })
+            .collect();
         self.positions = [None; 9 + MAX_EXTRA];
         if self.format == Format::Combined {
             for (s, t) in &self.entries {
@@ -266,12 +278,22 @@ impl FieldMap {
         self.entries.iter().any(|(_, t)| *t == target)
     }
 
-    fn json_target(&self, key: &str) -> Option<Target> {
-        let k = key.as_bytes();
-        self.entries
+    /// The target a JSON key feeds (the first entry of that name).
+    fn json_target(&self, key: &[u8]) -> Option<Target> {
+        self.json_target_word(key, prefix_word(key))
+    }
+
+    /// [`FieldMap::json_target`] with the key's [`prefix_word`] already at hand: one
+    /// integer comparison per entry rules out nearly every name.
+    fn json_target_word(&self, key: &[u8], word: u64) -> Option<Target> {
+        self.keys
             .iter()
-            .find(|(s, _)| s.len() == k.len() && s.as_bytes().first() == k.first() && **s == *key)
-            .map(|(_, t)| *t)
+            .find(|k| {
+                k.word == word
+                    && k.name.len() == key.len()
+                    && (key.len() <= 8 || k.name.as_bytes()[8..] == key[8..])
+            })
+            .map(|k| k.target)
     }
 
     /// Reads one line (without its newline).
@@ -368,6 +390,23 @@ impl FieldMap {
     }
 }
 
+/// A JSON source name as the scanner compares it.
+#[derive(Debug, Clone)]
+struct JsonKey {
+    /// [`prefix_word`] of the name.
+    word: u64,
+    name: Box<str>,
+    target: Target,
+}
+
+/// The first eight bytes of a name (fewer: zero-padded) as one little-endian integer.
+fn prefix_word(name: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    let n = name.len().min(8);
+    w[..n].copy_from_slice(&name[..n]);
+    u64::from_le_bytes(w)
+}
+
 fn combined_position(source: &str) -> Option<usize> {
     if let Some(p) = COMBINED_FIELDS.iter().position(|f| *f == source) {
         return Some(p);
@@ -410,6 +449,7 @@ enum Scalar<'a> {
 
 impl<'a> Scalar<'a> {
     /// The value as text; `None` for null, empty and `-` (nginx's "no value").
+    #[inline(always)]
     fn text(self) -> Option<Cow<'a, str>> {
         match self {
             Scalar::Str(s) if s.is_empty() || s == "-" => None,
@@ -436,6 +476,7 @@ struct Partial<'a> {
 }
 
 impl<'a> Partial<'a> {
+    #[inline(always)]
     fn put(&mut self, t: Target, v: Scalar<'a>) {
         let slot = match t {
             Target::Time => &mut self.time,
@@ -516,6 +557,12 @@ impl<'a> Partial<'a> {
 }
 
 fn strip_bearer(t: &str) -> &str {
+    // A bare token (the common case): nothing to trim at either end, no `Bearer `.
+    if let (Some(f), Some(l)) = (t.as_bytes().first(), t.as_bytes().last()) {
+        if f.is_ascii_graphic() && l.is_ascii_graphic() && !matches!(f, b'b' | b'B') {
+            return t;
+        }
+    }
     let t = t.trim();
     match t.get(..7) {
         Some(p) if p.eq_ignore_ascii_case("bearer ") => t[7..].trim_start(),
@@ -524,7 +571,8 @@ fn strip_bearer(t: &str) -> &str {
 }
 
 fn strip_query(p: Cow<'_, str>) -> Cow<'_, str> {
-    match p.find(['?', '#']) {
+    // Bytes, not chars: an ASCII byte in UTF-8 is always that character.
+    match memchr::memchr2(b'?', b'#', p.as_bytes()) {
         None => p,
         Some(i) => match p {
             Cow::Borrowed(b) => Cow::Borrowed(&b[..i]),
@@ -568,6 +616,9 @@ fn split_request(r: Cow<'_, str>) -> Result<(Cow<'_, str>, Cow<'_, str>), LineEr
 }
 
 fn parse_ip(s: &str) -> Option<IpAddr> {
+    if let Some(ip) = dotted_quad(s.as_bytes()) {
+        return Some(IpAddr::V4(ip));
+    }
     let s = s.trim();
     if let Ok(ip) = s.parse::<Ipv4Addr>() {
         return Some(IpAddr::V4(ip));
@@ -575,6 +626,37 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     s.parse::<IpAddr>()
         .ok()
         .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
+/// The common case of [`parse_ip`] without the standard parser's generality: exactly
+/// `a.b.c.d`, each 0..=255 in one to three digits without a leading zero; `None` for
+/// anything else (which the standard parser then decides). Accepts only what
+/// `Ipv4Addr::from_str` accepts, with the same value.
+fn dotted_quad(b: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (k, o) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut v: u32 = 0;
+        while let Some(d @ b'0'..=b'9') = b.get(i) {
+            v = v * 10 + u32::from(d - b'0');
+            i += 1;
+            if i - start > 3 {
+                return None;
+            }
+        }
+        if i == start || (b[start] == b'0' && i - start > 1) {
+            return None;
+        }
+        *o = u8::try_from(v).ok()?;
+    }
+    (i == b.len()).then(|| Ipv4Addr::from(octets))
 }
 
 fn unix_number(v: f64) -> u64 {
@@ -592,6 +674,46 @@ fn unix_number(v: f64) -> u64 {
 /// `10/Oct/2026:13:55:36 -0700`, or unix seconds or milliseconds as digits.
 #[must_use]
 pub fn parse_time(s: &str) -> Option<u64> {
+    utc_millis(s.as_bytes()).or_else(|| any_time(s))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.sssZ` exactly, the time most JSON loggers (and warden) write,
+/// without the general path's trimming and scanning; `None` for anything else, which
+/// [`any_time`] then decides. Reads what [`rfc3339`] reads, the same way.
+fn utc_millis(b: &[u8]) -> Option<u64> {
+    let b: &[u8; 24] = b.try_into().ok()?;
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'.'
+        || b[23] != b'Z'
+    {
+        return None;
+    }
+    let d = |i: usize| {
+        let c = b[i].wrapping_sub(b'0');
+        (c < 10).then_some(i64::from(c))
+    };
+    let two = |i: usize| Some(d(i)? * 10 + d(i + 1)?);
+    let (y, mo, day) = (two(0)? * 100 + two(2)?, two(5)?, two(8)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let frac_ms = two(20)? * 10 + d(22)?;
+    to_ms(
+        days_from_civil(y, mo, day),
+        two(11)?,
+        two(14)?,
+        two(17)?,
+        frac_ms,
+        0,
+    )
+}
+
+/// [`parse_time`] in every form it reads.
+fn any_time(s: &str) -> Option<u64> {
     let s = s.trim();
     let b = s.as_bytes();
     if b.first().is_some_and(u8::is_ascii_digit)
@@ -711,35 +833,76 @@ fn combined_time(b: &[u8]) -> Option<u64> {
 // === JSON reading: the scanner ===
 
 /// JSON whitespace (RFC 8259), as serde_json skips it.
+/// (Nearly every byte it meets is not whitespace: one comparison rules that out.)
+#[inline(always)]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+    while let Some(&c) = b.get(i) {
+        if c > b' ' || !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            break;
+        }
         i += 1;
     }
     i
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Eight bytes of `b` from `i`, little-endian; `None` past the end.
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    let chunk: [u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+/// The high bit of the first byte of `x` (little-endian) that is a quote, a backslash
+/// or below 0x20 is set; bits above it may be set too (borrows), bits below never are.
+fn stop_bits(x: u64) -> u64 {
+    let quote = x ^ (LO * u64::from(b'"'));
+    let backslash = x ^ (LO * u64::from(b'\\'));
+    ((quote.wrapping_sub(LO) & !quote)
+        | (backslash.wrapping_sub(LO) & !backslash)
+        | (x.wrapping_sub(LO * 0x20) & !x))
+        & HI
+}
+
 /// The index of the quote closing a string whose content starts at `i`; `None` at a
-/// backslash, a control character or the end of the line (left to serde_json). Eight
-/// bytes at a time: a session token is most of a line.
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    while let Some(chunk) = b.get(i..i + 8) {
-        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let x = u64::from_le_bytes(bytes);
-        let quote = x ^ (LO * u64::from(b'"'));
-        let backslash = x ^ (LO * u64::from(b'\\'));
-        // Some byte is zero after the XOR (a quote, a backslash), or below 0x20.
-        let found = (quote.wrapping_sub(LO) & !quote)
-            | (backslash.wrapping_sub(LO) & !backslash)
-            | (x.wrapping_sub(LO * 0x20) & !x);
-        if found & HI != 0 {
-            break;
+/// backslash, a control character or the end of the line (left to serde_json).
+///
+/// Eight bytes at a time, so that the short strings of a log line (keys, methods,
+/// addresses, times) cost a few instructions each; past 32 bytes (a session token), a
+/// line without control bytes (`plain`) goes on with `memchr2`, faster over long runs.
+/// The last bytes of the line are read as one word ending at the line's end, shifted:
+/// the zeros shifted in stop the scan as a control byte would, at or past the end.
+#[inline(always)]
+fn string_end(b: &[u8], i: usize, plain: bool) -> Option<usize> {
+    let mut at = i;
+    while let Some(x) = word_at(b, at) {
+        let found = stop_bits(x);
+        if found != 0 {
+            let end = at + (found.trailing_zeros() / 8) as usize;
+            return (b.get(end) == Some(&b'"')).then_some(end);
         }
-        i += 8;
+        at += 8;
+        if plain && at - i >= 32 {
+            let end = at + memchr::memchr2(b'"', b'\\', b.get(at..)?)?;
+            return (b.get(end) == Some(&b'"')).then_some(end);
+        }
     }
+    // Fewer than eight bytes left (`at > b.len() - 8`).
+    let Some(base) = b.len().checked_sub(8) else {
+        return short_string_end(b, at);
+    };
+    let shift = at.checked_sub(base)?;
+    if shift >= 8 {
+        return None;
+    }
+    let found = stop_bits(word_at(b, base)? >> (8 * shift));
+    let end = at + (found.trailing_zeros() / 8) as usize;
+    (b.get(end) == Some(&b'"')).then_some(end)
+}
+
+/// [`string_end`] byte by byte, for lines shorter than eight bytes.
+fn short_string_end(b: &[u8], mut i: usize) -> Option<usize> {
     while let Some(&c) = b.get(i) {
         match c {
             b'"' => return Some(i),
@@ -757,12 +920,6 @@ fn no_control_bytes(b: &[u8]) -> bool {
     b.iter().fold(0u8, |acc, &c| acc | u8::from(c < 0x20)) == 0
 }
 
-/// [`string_end`] for a line without control bytes.
-fn plain_string_end(b: &[u8], i: usize) -> Option<usize> {
-    let at = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-    (b.get(at) == Some(&b'"')).then_some(at)
-}
-
 /// A JSON line that is a flat object of plain values, read into `p` without serde_json:
 /// strings without escapes (borrowed from the line), integers that fit in a `u64`,
 /// `true`, `false`, `null`. `false` for anything else, valid or not (`p` is then to be
@@ -777,11 +934,7 @@ fn scan_into<'a>(map: &FieldMap, line: &'a [u8], p: &mut Partial<'a>) -> Option<
     // Strings are cut at ASCII quotes, so slices of a valid line are valid `str`s.
     let text = std::str::from_utf8(line).ok()?;
     let b = line;
-    let string_end = if no_control_bytes(b) {
-        plain_string_end
-    } else {
-        string_end
-    };
+    let plain = no_control_bytes(b);
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -794,8 +947,16 @@ fn scan_into<'a>(map: &FieldMap, line: &'a [u8], p: &mut Partial<'a>) -> Option<
             if b.get(i) != Some(&b'"') {
                 return None;
             }
-            let end = string_end(b, i + 1)?;
-            let key = text.get(i + 1..end)?;
+            let end = string_end(b, i + 1, plain)?;
+            let key = &b[i + 1..end];
+            // The key's first bytes as one word: read from the line when eight bytes
+            // are there, masked to the key's length.
+            let word = match (word_at(b, i + 1), key.len()) {
+                (Some(w), n @ 0..=7) => w & ((1u64 << (8 * n)) - 1),
+                (Some(w), _) => w,
+                (None, _) => prefix_word(key),
+            };
+            let target = map.json_target_word(key, word);
             i = skip_ws(b, end + 1);
             if b.get(i) != Some(&b':') {
                 return None;
@@ -803,7 +964,7 @@ fn scan_into<'a>(map: &FieldMap, line: &'a [u8], p: &mut Partial<'a>) -> Option<
             i = skip_ws(b, i + 1);
             let (value, next) = match *b.get(i)? {
                 b'"' => {
-                    let end = string_end(b, i + 1)?;
+                    let end = string_end(b, i + 1, plain)?;
                     (Scalar::Str(Cow::Borrowed(text.get(i + 1..end)?)), end + 1)
                 }
                 b'0'..=b'9' => {
@@ -828,7 +989,7 @@ fn scan_into<'a>(map: &FieldMap, line: &'a [u8], p: &mut Partial<'a>) -> Option<
                 }
                 _ => return None,
             };
-            if let Some(t) = map.json_target(key) {
+            if let Some(t) = target {
                 p.put(t, value);
             }
             i = skip_ws(b, next);
@@ -866,7 +1027,7 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
         let mut p = Partial::default();
         while let Some(key) = a.next_key::<BorrowedStr<'de>>()? {
-            match self.map.json_target(&key.0) {
+            match self.map.json_target(key.0.as_bytes()) {
                 Some(t) => p.put(t, a.next_value::<ScalarDe<'de>>()?.0),
                 None => {
                     let _ = a.next_value::<IgnoredAny>()?;

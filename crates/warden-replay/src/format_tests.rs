@@ -385,3 +385,251 @@ fn scanner_huge_lines() {
         }
     }
 }
+
+/// SplitMix64, for reproducible sweeps.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn string_end_agrees_with_the_byte_loop_everywhere() {
+    // Every start in lines of every length up to 40 (the word loop, the memchr switch
+    // after 32 bytes, the shifted last word and the short-line loop), made of the bytes
+    // that stop a string and some that must not.
+    const POOL: &[u8] = b"\"\\\x00\x1f\t \x7f\x80\xffa";
+    let mut state = 7;
+    for _ in 0..4000 {
+        let len = (next(&mut state) % 41) as usize;
+        let b: Vec<u8> = (0..len)
+            .map(|_| {
+                // Mostly plain letters, so that ends lie at every distance.
+                if next(&mut state).is_multiple_of(4) {
+                    POOL[(next(&mut state) as usize) % POOL.len()]
+                } else {
+                    b'a'
+                }
+            })
+            .collect();
+        let plain = no_control_bytes(&b);
+        for i in 0..=len {
+            assert_eq!(
+                string_end(&b, i, plain),
+                short_string_end(&b, i),
+                "{b:?} from {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn scanner_keys_are_matched_whole_by_length_and_bytes() {
+    let mut map = FieldMap::new(Format::JsonLines);
+    // Names sharing their first eight bytes, a name that is another's prefix, a long
+    // name, and a name the line can only hold escaped (never matched by the scanner).
+    for spec in [
+        "account=acct_name_long",
+        "label=acct_name_lo",
+        "header:x-a=acct_nam",
+        "header:x-b=acct_name_longer",
+        "header:x-c=q\"uote",
+    ] {
+        map.apply(spec).expect(spec);
+    }
+    let head = r#"{"time":1772359200,"ip":"192.0.2.7","method":"GET","path":"/x""#;
+    let r = same_both_ways(
+        &map,
+        &format!(
+            r#"{head},"acct_name_longer":"d","acct_nam":"c","acct_name_lo":"b","acct_name_long":"a","acct_name_lon":"z","acct_na":"y","account":"w"}}"#
+        ),
+        true,
+    )
+    .expect("keys");
+    assert_eq!(r.account.as_deref(), Some("a"));
+    assert_eq!(r.label.as_deref(), Some("b"));
+    assert_eq!(r.headers[0].as_deref(), Some("c"));
+    assert_eq!(r.headers[1].as_deref(), Some("d"));
+    assert_eq!(r.headers[2], None);
+    // The escaped key is serde_json's, and found there.
+    let r = same_both_ways(&map, &format!(r#"{head},"q\"uote":"e"}}"#), false).expect("escaped");
+    assert_eq!(r.headers[2].as_deref(), Some("e"));
+    // A key within the line's last eight bytes: its word is copied, not read from the line.
+    let mut short = FieldMap::new(Format::JsonLines);
+    short.apply("time=t").expect("t");
+    let r = same_both_ways(
+        &short,
+        r#"{"ip":"192.0.2.7","method":"GET","path":"/","t":1}"#,
+        true,
+    )
+    .expect("short tail");
+    assert_eq!(r.time_ms, 1000);
+}
+
+#[test]
+fn scanner_agrees_with_serde_json_on_mutated_lines() {
+    const POOL: &[u8] = b"{}[],:\"\\u0123456789eE+-.ntfal \t\r\x01\x80\xff\xc3\xa9?#/";
+    let mut map = FieldMap::new(Format::JsonLines);
+    map.apply("header:x-forwarded-for=xff").expect("xff");
+    let seeds = [
+        r#"{"time":"2027-01-15T08:00:01.550Z","ip":"127.3.0.4","method":"GET","path":"/account/x?y=1","token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTE4MiJ9.0aSu5l_Z3x_Vg6UcCPZIfPf4ddyHzItTVEJJqprKxiM","label":"legit"}"#,
+        r#"{"time":1772359200123,"ip":"2001:db8::1","request":"POST /login HTTP/1.1","status":401,"xff":"10.0.0.1","account":"zoë"}"#,
+        r#" { "time" : "2026-03-01 10:00:00+01:00" , "ip" : "[::1]:443" , "method" : "GET" , "path" : "/" , "token" : "Bearer t" } "#,
+    ];
+    let mut state = 11;
+    let mut fast = 0;
+    for i in 0..30_000 {
+        let mut line = seeds[i % seeds.len()].as_bytes().to_vec();
+        for _ in 0..=(next(&mut state) % 3) {
+            let pos = (next(&mut state) as usize) % (line.len() + 1);
+            let b = POOL[(next(&mut state) as usize) % POOL.len()];
+            match next(&mut state) % 4 {
+                0 if pos < line.len() => line[pos] = b,
+                1 if pos < line.len() => {
+                    line.remove(pos);
+                }
+                2 => {
+                    let end = (pos + (next(&mut state) as usize) % 8).min(line.len());
+                    let piece = line[pos..end].to_vec();
+                    line.splice(pos..pos, piece);
+                }
+                _ => line.insert(pos, b),
+            }
+        }
+        fast += usize::from(scan_object(&map, &line, &mut Partial::default()));
+        assert_eq!(
+            map.parse(&line),
+            map.parse_with_serde(&line),
+            "{:?}",
+            String::from_utf8_lossy(&line)
+        );
+    }
+    // Most mutants are still plain lines: the sweep exercised the scanner, not only
+    // serde_json.
+    assert!(fast > 10_000, "{fast}");
+}
+
+#[test]
+fn dotted_quad_reads_only_what_the_standard_parser_reads() {
+    for (s, want) in [
+        ("127.0.0.1", Some([127, 0, 0, 1])),
+        ("0.0.0.0", Some([0, 0, 0, 0])),
+        ("255.255.255.255", Some([255, 255, 255, 255])),
+        ("10.20.30.40", Some([10, 20, 30, 40])),
+        ("256.0.0.1", None),
+        ("01.2.3.4", None),
+        ("1.2.3.00", None),
+        ("1.2.3", None),
+        ("1.2.3.4.", None),
+        ("1..3.4", None),
+        (" 1.2.3.4", None),
+        ("1.2.3.4 ", None),
+        ("1.2.3.4:80", None),
+        ("1.2.3.0004", None),
+        ("::1", None),
+        ("", None),
+    ] {
+        assert_eq!(dotted_quad(s.as_bytes()), want.map(Ipv4Addr::from), "{s:?}");
+    }
+    // Whatever it accepts, the standard parser reads the same; and it accepts every
+    // canonical address the sweep builds.
+    const POOL: &[u8] = b"0123456789..x:";
+    let mut state = 3;
+    for _ in 0..50_000 {
+        let len = (next(&mut state) % 17) as usize;
+        let s: String = (0..len)
+            .map(|_| char::from(POOL[(next(&mut state) as usize) % POOL.len()]))
+            .collect();
+        if let Some(ip) = dotted_quad(s.as_bytes()) {
+            assert_eq!(s.parse::<Ipv4Addr>().ok(), Some(ip), "{s:?}");
+        }
+        let ip = Ipv4Addr::from(next(&mut state) as u32);
+        assert_eq!(dotted_quad(ip.to_string().as_bytes()), Some(ip));
+    }
+    // And the address a line yields is unchanged, by either path.
+    for s in [
+        "127.0.0.1",
+        " 127.0.0.1 ",
+        "01.2.3.4",
+        "[::1]:80",
+        "1.2.3.4:80",
+        "::ffff:1.2.3.4",
+    ] {
+        let old = s.trim().parse::<IpAddr>().ok().or_else(|| {
+            s.trim()
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.ip())
+        });
+        assert_eq!(parse_ip(s), old, "{s:?}");
+    }
+}
+
+#[test]
+fn bearer_and_query_stripping_unchanged() {
+    fn old_bearer(t: &str) -> &str {
+        let t = t.trim();
+        match t.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("bearer ") => t[7..].trim_start(),
+            _ => t,
+        }
+    }
+    for t in [
+        "eyJ.a.b",
+        "Bearer eyJ.a.b",
+        "bearer  eyJ.a.b ",
+        "BEARER x",
+        "b",
+        "bearer",
+        " eyJ ",
+        "eyJ\u{a0}",
+        "\u{a0}eyJ",
+        "tok\t",
+        "é",
+        "",
+    ] {
+        assert_eq!(strip_bearer(t), old_bearer(t), "{t:?}");
+    }
+    for (p, want) in [
+        ("/a?b#c", "/a"),
+        ("/a#c?b", "/a"),
+        ("/é?x", "/é"),
+        ("/a", "/a"),
+        ("?", ""),
+    ] {
+        assert_eq!(strip_query(Cow::Borrowed(p)), want);
+        assert_eq!(strip_query(Cow::Owned(p.to_owned())), want);
+    }
+}
+
+#[test]
+fn the_common_time_shape_reads_as_the_general_path_reads_it() {
+    let base = "2027-01-15T08:00:01.550Z";
+    assert_eq!(utc_millis(base.as_bytes()), any_time(base));
+    assert!(utc_millis(base.as_bytes()).is_some());
+    assert_eq!(
+        utc_millis(b"2000-02-29T23:59:60.999Z"),
+        any_time("2000-02-29T23:59:60.999Z")
+    );
+    // Mutants of the shape: whatever the fast path reads, the general path reads the
+    // same; what it leaves, parse_time still reads as before.
+    const POOL: &[u8] = b"0123456789-T:.Zz +t";
+    let mut state = 9;
+    let mut read = 0;
+    for _ in 0..50_000 {
+        let mut b = base.as_bytes().to_vec();
+        for _ in 0..=(next(&mut state) % 2) {
+            let pos = (next(&mut state) as usize) % b.len();
+            b[pos] = POOL[(next(&mut state) as usize) % POOL.len()];
+        }
+        let s = std::str::from_utf8(&b).expect("ascii");
+        if let Some(ms) = utc_millis(&b) {
+            read += 1;
+            assert_eq!(any_time(s), Some(ms), "{s}");
+        }
+        assert_eq!(parse_time(s), any_time(s), "{s}");
+    }
+    assert!(read > 10_000, "{read}");
+}

@@ -132,87 +132,134 @@ pub fn replay_logs<R: BufRead>(
     replayers: &mut [Replayer],
 ) -> Run {
     let mut run = Run::default();
-    let mut buf = Vec::with_capacity(4096);
+    let mut carry = Vec::new();
     let mut decided = Vec::with_capacity(replayers.len());
     for (name, mut input) in inputs {
         let mut n = 0u64;
-        loop {
-            buf.clear();
-            match input.read_until(b'\n', &mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    run.bad_lines += 1;
-                    if run.bad.len() < MAX_BAD_LISTED {
-                        run.bad.push(BadLine {
-                            file: name.clone(),
-                            line: n + 1,
-                            error: format!("read error, rest of the file skipped: {e}"),
-                        });
-                    }
-                    break;
-                }
-            }
+        let read = for_each_line(&mut input, &mut carry, |line| {
             n += 1;
             run.lines += 1;
-            let mut line = &buf[..];
-            while let Some((b'\n' | b'\r', rest)) = line.split_last() {
-                line = rest;
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let req = match map.parse(line) {
-                Ok(r) => r,
-                Err(e) => {
-                    run.bad_lines += 1;
-                    if run.bad.len() < MAX_BAD_LISTED {
-                        run.bad.push(BadLine {
-                            file: name.clone(),
-                            line: n,
-                            error: e.to_string(),
-                        });
-                    }
-                    continue;
-                }
-            };
-            decided.clear();
-            for (i, r) in replayers.iter_mut().enumerate() {
-                let d = r.feed(&req);
-                if let (0, Some(logged)) = (i, req.status) {
-                    run.status_compared += 1;
-                    if !agrees(logged, &d) {
-                        run.status_mismatched += 1;
-                        if run.mismatches.len() < MAX_CHANGES_LISTED {
-                            run.mismatches.push(Change {
-                                file: name.clone(),
-                                line: n,
-                                before: logged.to_string(),
-                                after: format!("{} ({})", d.outcome.name(), d.status),
-                            });
-                        }
-                    }
-                }
-                decided.push(d.outcome);
-            }
-            if let [a, b] = decided[..] {
-                if a != b {
-                    run.changed += 1;
-                    *run.transitions
-                        .entry(format!("{} -> {}", a.name(), b.name()))
-                        .or_default() += 1;
-                    if run.examples.len() < MAX_CHANGES_LISTED {
-                        run.examples.push(Change {
-                            file: name.clone(),
-                            line: n,
-                            before: a.name(),
-                            after: b.name(),
-                        });
-                    }
-                }
+            one_line(&mut run, &name, n, line, map, replayers, &mut decided);
+        });
+        if let Err(e) = read {
+            run.bad_lines += 1;
+            if run.bad.len() < MAX_BAD_LISTED {
+                run.bad.push(BadLine {
+                    file: name.clone(),
+                    line: n + 1,
+                    error: format!("read error, rest of the file skipped: {e}"),
+                });
             }
         }
         run.files.push(name);
     }
     run
+}
+
+/// Calls `f` with each line of `input` without its `\n` (the last line may have none),
+/// as `read_until` would cut them, but in place in the reader's buffer: only a line that
+/// straddles two fills of the buffer is copied (into `carry`). Stops at the first read
+/// error (an interrupted read is retried), after the lines before it; the partial line
+/// it interrupted is dropped.
+fn for_each_line<R: BufRead>(
+    input: &mut R,
+    carry: &mut Vec<u8>,
+    mut f: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    carry.clear();
+    loop {
+        let avail = match input.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            if !carry.is_empty() {
+                f(carry);
+                carry.clear();
+            }
+            return Ok(());
+        }
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', avail) {
+            if carry.is_empty() {
+                f(&avail[start..end]);
+            } else {
+                carry.extend_from_slice(&avail[start..end]);
+                f(carry);
+                carry.clear();
+            }
+            start = end + 1;
+        }
+        carry.extend_from_slice(&avail[start..]);
+        let len = avail.len();
+        input.consume(len);
+    }
+}
+
+/// Line `n` of `file`: parsed and fed to every replayer, or counted as bad.
+fn one_line(
+    run: &mut Run,
+    name: &str,
+    n: u64,
+    mut line: &[u8],
+    map: &FieldMap,
+    replayers: &mut [Replayer],
+    decided: &mut Vec<Outcome>,
+) {
+    while let Some((b'\n' | b'\r', rest)) = line.split_last() {
+        line = rest;
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    let req = match map.parse(line) {
+        Ok(r) => r,
+        Err(e) => {
+            run.bad_lines += 1;
+            if run.bad.len() < MAX_BAD_LISTED {
+                run.bad.push(BadLine {
+                    file: name.to_owned(),
+                    line: n,
+                    error: e.to_string(),
+                });
+            }
+            return;
+        }
+    };
+    decided.clear();
+    for (i, r) in replayers.iter_mut().enumerate() {
+        let d = r.feed(&req);
+        if let (0, Some(logged)) = (i, req.status) {
+            run.status_compared += 1;
+            if !agrees(logged, &d) {
+                run.status_mismatched += 1;
+                if run.mismatches.len() < MAX_CHANGES_LISTED {
+                    run.mismatches.push(Change {
+                        file: name.to_owned(),
+                        line: n,
+                        before: logged.to_string(),
+                        after: format!("{} ({})", d.outcome.name(), d.status),
+                    });
+                }
+            }
+        }
+        decided.push(d.outcome);
+    }
+    if let [a, b] = decided[..] {
+        if a != b {
+            run.changed += 1;
+            *run.transitions
+                .entry(format!("{} -> {}", a.name(), b.name()))
+                .or_default() += 1;
+            if run.examples.len() < MAX_CHANGES_LISTED {
+                run.examples.push(Change {
+                    file: name.to_owned(),
+                    line: n,
+                    before: a.name(),
+                    after: b.name(),
+                });
+            }
+        }
+    }
 }

@@ -470,3 +470,125 @@ fn html_report_is_self_contained_and_well_formed() {
     assert!(html.contains("&lt;script&gt;scraper"));
     assert!(html.contains("<code>s.log:61</code>"));
 }
+
+/// The lines `read_until` cuts (the reader before `for_each_line`), `\n` removed.
+fn lines_by_read_until(data: &[u8]) -> Vec<Vec<u8>> {
+    use std::io::BufRead as _;
+    let mut r = data;
+    let mut out = Vec::new();
+    loop {
+        let mut buf = Vec::new();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                out.push(buf);
+            }
+        }
+    }
+}
+
+#[test]
+fn lines_are_cut_as_read_until_cut_them_whatever_the_buffer() {
+    // Buffers down to one byte, so that lines straddle fills at every offset, and lines
+    // longer than the buffer; empty lines, CRs, no final newline.
+    let mut state = 5u64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..600 {
+        let len = (rand() % 200) as usize;
+        let data: Vec<u8> = (0..len)
+            .map(|_| match rand() % 6 {
+                0 => b'\n',
+                1 => b'\r',
+                _ => b'a' + (rand() % 26) as u8,
+            })
+            .collect();
+        let want = lines_by_read_until(&data);
+        for cap in [1, 2, 3, 7, 64, 1 << 20] {
+            let mut got = Vec::new();
+            let mut carry = b"left over".to_vec();
+            let mut input = std::io::BufReader::with_capacity(cap, &data[..]);
+            crate::for_each_line(&mut input, &mut carry, |l| got.push(l.to_vec()))
+                .expect("no read error");
+            assert_eq!(got, want, "round {round}, buffer {cap}: {data:?}");
+        }
+    }
+}
+
+/// Yields `data` in pieces of `piece` bytes, an interruption before each, then `fail`.
+struct Flaky {
+    data: Vec<u8>,
+    at: usize,
+    piece: usize,
+    interrupted: bool,
+    fail: Option<std::io::ErrorKind>,
+}
+
+impl std::io::Read for Flaky {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.interrupted = !self.interrupted;
+        if self.interrupted {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if self.at == self.data.len() {
+            return match self.fail {
+                Some(k) => Err(k.into()),
+                None => Ok(0),
+            };
+        }
+        let n = self.piece.min(buf.len()).min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_read_error_ends_the_file_as_one_bad_line_after_the_lines_before_it() {
+    let good = line(T * 1000, "192.0.2.1", None);
+    let data = format!("{good}\n{good}\r\n{good}").into_bytes();
+    let flaky = |fail| {
+        std::io::BufReader::with_capacity(
+            16,
+            Flaky {
+                data: data.clone(),
+                at: 0,
+                piece: 5,
+                interrupted: false,
+                fail,
+            },
+        )
+    };
+    let mut r = checked(Vec::new(), Vec::new());
+    let map = FieldMap::new(Format::JsonLines);
+    // Interruptions are retried: all three lines, the last without a newline.
+    let run = replay_logs(
+        vec![("a.log".into(), flaky(None))],
+        &map,
+        std::slice::from_mut(&mut r),
+    );
+    assert_eq!((run.lines, run.bad_lines), (3, 0));
+    // An error while the third line is read: two lines, then bad line 3; the next file
+    // is read.
+    let run = replay_logs(
+        vec![
+            ("a.log".into(), flaky(Some(std::io::ErrorKind::BrokenPipe))),
+            ("b.log".into(), flaky(None)),
+        ],
+        &map,
+        std::slice::from_mut(&mut r),
+    );
+    assert_eq!((run.lines, run.bad_lines), (5, 1));
+    assert_eq!((run.bad[0].file.as_str(), run.bad[0].line), ("a.log", 3));
+    assert!(run.bad[0]
+        .error
+        .starts_with("read error, rest of the file skipped"));
+    assert_eq!(r.stats.requests, 8);
+}
