@@ -38,6 +38,14 @@ use crate::report::Stats;
 /// How often replay drops idle keys (milliseconds of log time).
 const IDLE_SWEEP_EVERY_MS: u64 = 600_000;
 
+/// The key of the engine's digests in a replay. Fixed, so that a replay is reproducible
+/// (the distinct sketches, and so the estimates near a threshold, depend on the key) and
+/// the two sides of a diff judge the same log with the same digests: with a key drawn
+/// per replayer, a rule set diffed with itself would show changes. A live proxy draws
+/// its key at random so that nobody can aim hash collisions at it; a replay of a log
+/// already written has no such attacker.
+const REPLAY_KEY: [u8; 16] = *b"warden-replay-v1";
+
 /// The proxy's maintenance task sweeps the engine this often (milliseconds).
 pub const SWEEP_EVERY_MS: u64 = 100;
 /// Most tokens whose unverified claims are remembered (then the memo starts afresh).
@@ -181,7 +189,7 @@ impl Replayer {
     /// A replayer with a fresh engine, its ledger loaded with the records.
     #[must_use]
     pub fn new(setup: Setup) -> Self {
-        let engine = Engine::new(setup.max_state_bytes, setup.max_bans);
+        let engine = Engine::with_key(setup.max_state_bytes, setup.max_bans, REPLAY_KEY);
         // Idle keys are dropped every 10 min of log time rather than the proxy's 5 s:
         // no decision changes (an idle key counts zero either way), and the walk over
         // every table would otherwise dominate a replay of hours of sparse traffic.
