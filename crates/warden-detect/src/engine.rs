@@ -204,7 +204,30 @@ struct Group {
     /// Slots whose rule matches on route class alone (no method, path or condition):
     /// for them the class bit decides, and [`matches`] is not called.
     class_only: u8,
+    /// The other slots: those whose rule [`matches`] must test.
+    tested: u8,
+    /// What a request needs of the rule in each slot, read from the rule once, when the
+    /// set is installed, rather than from the rule on every request.
+    slots: Vec<SlotRule>,
     state: Arc<GroupState>,
+}
+
+// A group's slots are bits of a u8 (matched, counted, class-only, tested).
+const _: () = assert!(MAX_SLOTS <= 8);
+
+/// A slot's rule as the request path uses it.
+#[derive(Debug, Clone, Copy)]
+struct SlotRule {
+    /// The field a distinct rule counts, by index in [`RuleSet::fields`]; `None` for a
+    /// count rule.
+    counted: Option<usize>,
+    window_ms: u64,
+    /// The rule's threshold, as the estimates compare with it.
+    threshold: f64,
+    /// An enforced `ban` rule: a request looks its bans up (when there are bans).
+    bans: bool,
+    /// See [`Compiled::fleet`].
+    fleet: bool,
 }
 
 /// A rule set in force: rules in priority order, and their key groups.
@@ -236,16 +259,32 @@ pub struct Offender {
 /// `try_lock` that skips the update rather than wait, so it never slows a request.
 /// The SOC reads it from the admin API instead of per-key metric labels.
 #[derive(Debug, Default)]
-pub struct TopOffenders(std::sync::Mutex<Vec<Offender>>);
+pub struct TopOffenders(std::sync::Mutex<Top>);
+
+#[derive(Debug, Default)]
+struct Top {
+    list: Vec<Offender>,
+    /// Index of the lowest estimate in the full list (the first of equals; the list
+    /// never shrinks), once looked for and until the list changes there: a key over
+    /// half the threshold that is not among the worst is answered without a walk over
+    /// all [`TOP_K`] estimates.
+    min: Option<usize>,
+}
 
 impl TopOffenders {
     fn offer(&self, key: u64, estimate: f64, now_ms: u64, display: impl FnOnce() -> String) {
         let Ok(mut top) = self.0.try_lock() else {
             return;
         };
-        if let Some(o) = top.iter_mut().find(|o| o.key == key) {
+        let top = &mut *top;
+        if let Some(i) = top.list.iter().position(|o| o.key == key) {
+            let o = &mut top.list[i];
             o.estimate = o.estimate.max(estimate);
             o.last_ms = now_ms;
+            // A higher estimate elsewhere leaves the lowest where it was.
+            if top.min == Some(i) {
+                top.min = None;
+            }
             return;
         }
         let entry = |display| Offender {
@@ -254,17 +293,24 @@ impl TopOffenders {
             estimate,
             last_ms: now_ms,
         };
-        if top.len() < TOP_K {
-            top.push(entry(display()));
+        if top.list.len() < TOP_K {
+            top.list.push(entry(display()));
             return;
         }
-        if let Some((i, min)) = top
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.estimate.total_cmp(&b.1.estimate))
-        {
-            if estimate > min.estimate {
-                top[i] = entry(display());
+        let min = match top.min {
+            Some(i) => Some(i),
+            None => top
+                .list
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.estimate.total_cmp(&b.1.estimate))
+                .map(|(i, _)| i),
+        };
+        top.min = min;
+        if let Some(i) = min {
+            if estimate > top.list[i].estimate {
+                top.list[i] = entry(display());
+                top.min = None;
             }
         }
     }
@@ -272,11 +318,12 @@ impl TopOffenders {
     fn list(&self, since_ms: u64) -> Vec<Offender> {
         let mut v: Vec<Offender> = match self.0.lock() {
             Ok(t) => t
+                .list
                 .iter()
                 .filter(|o| o.last_ms >= since_ms)
                 .cloned()
                 .collect(),
-            Err(p) => p.into_inner().clone(),
+            Err(p) => p.into_inner().list.clone(),
         };
         v.sort_by(|a, b| b.estimate.total_cmp(&a.estimate));
         v
@@ -318,6 +365,25 @@ pub struct Engine {
     next_ban_end_ms: AtomicU64,
     /// Fleet mode: other nodes' counts and the bans to tell them about.
     fleet: std::sync::OnceLock<Arc<FleetState>>,
+    /// A bit per ban scope and key digest that has ever been banned: a request looks a
+    /// rule's ban on its key up in `bans` only when its bit is set, instead of hashing
+    /// into the ban map for each `ban` rule on every request once any ban exists. The
+    /// bit is set before the ban goes in and never cleared (clearing could race with a
+    /// ban being placed and let a banned key through), so a clear bit means no ban;
+    /// after many thousands of bans most bits are set and requests look up as they did
+    /// without it. [`BAN_FILTER_WORDS`] × 64 bits.
+    ban_filter: Box<[AtomicU64]>,
+}
+
+/// Words of [`Engine`]'s ban filter (16 384 bits, 2 KiB).
+const BAN_FILTER_WORDS: usize = 256;
+
+/// Word and bit of a ban's scope and key in the ban filter (both are hashes: their low
+/// bits are spread evenly already; the scope is in it so that a key banned by one rule
+/// does not send the other rules' checks to the map).
+fn ban_bit(scope: BanScope, key: u64) -> (usize, u64) {
+    let x = key ^ scope;
+    ((x >> 6) as usize % BAN_FILTER_WORDS, 1 << (x & 63))
 }
 
 /// How often [`Engine::sweep`] walks the tables for idle keys.
@@ -372,7 +438,25 @@ impl Engine {
             manual_name: Arc::from(MANUAL_NAME),
             next_ban_end_ms: AtomicU64::new(u64::MAX),
             fleet: std::sync::OnceLock::new(),
+            ban_filter: (0..BAN_FILTER_WORDS).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Sets `key`'s bit in the ban filter: before every insert into `bans`.
+    fn note_ban_key(&self, scope: BanScope, key: u64) {
+        let (word, bit) = ban_bit(scope, key);
+        if let Some(w) = self.ban_filter.get(word) {
+            w.fetch_or(bit, Ordering::Release);
+        }
+    }
+
+    /// Whether `key` may have a ban (see `ban_filter`).
+    #[inline]
+    fn may_be_banned(&self, scope: BanScope, key: u64) -> bool {
+        let (word, bit) = ban_bit(scope, key);
+        self.ban_filter
+            .get(word)
+            .is_none_or(|w| w.load(Ordering::Relaxed) & bit != 0)
     }
 
     /// Turns fleet mode on: fleet-scope count rules add the other nodes' counts from
@@ -461,6 +545,7 @@ impl Engine {
         }
         self.next_ban_end_ms
             .fetch_min(ban.until_ms, Ordering::Relaxed);
+        self.note_ban_key(scope, key);
         let new = self.bans.insert((scope, key), ban).is_none();
         if new && scope == MANUAL {
             self.manual_bans.fetch_add(1, Ordering::Relaxed);
@@ -559,11 +644,28 @@ impl Engine {
             let class_only = members.iter().enumerate().fold(0u8, |m, (slot, &i)| {
                 m | (u8::from(on_class_alone(&compiled[i].rule)) << slot)
             });
+            let slots = members
+                .iter()
+                .map(|&i| {
+                    let c = &compiled[i];
+                    SlotRule {
+                        counted: c.counted,
+                        window_ms: c.window_ms,
+                        threshold: c.rule.threshold as f64,
+                        bans: c.rule.mode == Mode::Enforce
+                            && matches!(c.rule.action, Action::Ban(_)),
+                        fleet: c.fleet,
+                    }
+                })
+                .collect();
+            let tested = !class_only & (u8::MAX >> (8 - members.len().clamp(1, MAX_SLOTS)));
             groups.push(Group {
                 key_fields: key.iter().map(&mut field_index).collect(),
                 members,
                 classes,
                 class_only,
+                tested,
+                slots,
                 state,
             });
         }
@@ -625,7 +727,10 @@ impl Engine {
             };
         if self.manual_bans.load(Ordering::Relaxed) > 0 {
             for field in [Field::Ip, Field::Account, Field::Token] {
-                if let Some(k) = self.hash_fields(std::slice::from_ref(&field), f) {
+                if let Some(k) = self
+                    .hash_fields(std::slice::from_ref(&field), f)
+                    .filter(|k| self.may_be_banned(MANUAL, *k))
+                {
                     let until_ms = self.bans.get(&(MANUAL, k)).map(|b| b.until_ms);
                     if let Some(until_ms) = until_ms.filter(|u| *u > f.now_ms) {
                         decide(
@@ -666,43 +771,48 @@ impl Engine {
             let Some((matched, key)) = planned else {
                 continue;
             };
-            // The matching rules, with the value each distinct rule counts. A distinct
-            // rule whose field the request lacks counts nothing, but its bans still
-            // apply.
-            let mut todo = [(0usize, None::<u32>); MAX_SLOTS];
-            let mut n = 0;
-            for (slot, &ri) in g.members.iter().enumerate() {
-                if matched & (1 << slot) == 0 {
-                    continue;
+            // The matching rules that count this request (bit per slot), with the value
+            // each distinct rule counts. A distinct rule whose field the request lacks
+            // counts nothing, but its bans still apply.
+            let mut counts = 0u8;
+            let mut values = [0u32; MAX_SLOTS];
+            let mut bits = matched;
+            while bits != 0 {
+                let slot = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let Some(s) = g.slots.get(slot) else { break };
+                match s.counted {
+                    None => counts |= 1 << slot,
+                    Some(i) => {
+                        if let Some(h) = self.field_hash(&set, i, f, &mut memo) {
+                            values[slot] = h as u32;
+                            counts |= 1 << slot;
+                        }
+                    }
                 }
-                let c = &set.rules[ri];
-                let value = match &c.rule.measure {
-                    Measure::Count => Some(0),
-                    Measure::Distinct(_) => c
-                        .counted
-                        .and_then(|i| self.field_hash(&set, i, f, &mut memo))
-                        .map(|h| h as u32),
-                };
-                todo[n] = (slot, value);
-                n += 1;
             }
             // One lookup for all of them.
-            let mut estimates = [None::<f64>; MAX_SLOTS];
+            let mut estimates = [0f64; MAX_SLOTS];
             let mut heap = 0isize;
-            if todo[..n].iter().any(|(_, value)| value.is_some()) {
+            if counts != 0 {
                 g.state.map.update(key, |slots| {
-                    for (j, &(slot, value)) in todo[..n].iter().enumerate() {
-                        let Some(value) = value else { continue };
-                        let c = &set.rules[g.members[slot]];
-                        estimates[j] = Some(match c.rule.measure {
-                            Measure::Count => slots[slot].count().add(f.now_ms, c.window_ms),
-                            Measure::Distinct(_) => {
+                    let mut bits = counts;
+                    while bits != 0 {
+                        let slot = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        let (Some(s), Some(state)) = (g.slots.get(slot), slots.get_mut(slot))
+                        else {
+                            break;
+                        };
+                        estimates[slot] = match s.counted {
+                            None => state.count().add(f.now_ms, s.window_ms),
+                            Some(_) => {
                                 let (est, delta) =
-                                    slots[slot].distinct().insert(value, f.now_ms, c.window_ms);
+                                    state.distinct().insert(values[slot], f.now_ms, s.window_ms);
                                 heap += delta;
                                 est
                             }
-                        });
+                        };
                     }
                 });
             }
@@ -710,40 +820,58 @@ impl Engine {
                 g.state.heap.fetch_add(heap, Ordering::Relaxed);
             }
             if let Some(fleet) = self.fleet.get() {
-                for (j, &(slot, _)) in todo[..n].iter().enumerate() {
-                    let c = &set.rules[g.members[slot]];
-                    if let (true, Some(e)) = (c.fleet, estimates[j].as_mut()) {
-                        *e += fleet.observe(c.fingerprint, key, f.now_ms, c.window_ms);
+                for (slot, s) in g.slots.iter().enumerate() {
+                    if s.fleet && counts & (1 << slot) != 0 {
+                        let c = &set.rules[g.members[slot]];
+                        estimates[slot] += fleet.observe(c.fingerprint, key, f.now_ms, c.window_ms);
                     }
                 }
             }
-            for (j, &(slot, _)) in todo[..n].iter().enumerate() {
-                let ri = g.members[slot];
-                let c = &set.rules[ri];
-                let r = &c.rule;
-                let enforce = r.mode == Mode::Enforce;
-                if bans_exist && enforce && matches!(r.action, Action::Ban(_)) {
-                    let until_ms = self.bans.get(&(c.fingerprint, key)).map(|b| b.until_ms);
-                    if let Some(until_ms) = until_ms.filter(|u| *u > f.now_ms) {
+            let mut bits = matched;
+            while bits != 0 {
+                let slot = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let (Some(s), Some(&ri)) = (g.slots.get(slot), g.members.get(slot)) else {
+                    break;
+                };
+                // This rule's ban on this key, looked up once, for refusing the request
+                // and for placing a ban below: `None` when there are no bans at all or
+                // the filter rules this one out.
+                let mut ban_until = None;
+                if bans_exist && s.bans {
+                    let c = &set.rules[ri];
+                    if self.may_be_banned(c.fingerprint, key) {
+                        ban_until = self.bans.get(&(c.fingerprint, key)).map(|b| b.until_ms);
+                    }
+                    if let Some(until_ms) = ban_until.filter(|u| *u > f.now_ms) {
                         decide(
                             v,
-                            r.action.severity(),
-                            r.priority,
+                            c.rule.action.severity(),
+                            c.rule.priority,
                             Decision::Banned { until_ms },
                             &c.name,
                         );
                     }
                 }
-                let Some(estimate) = estimates[j] else {
+                if counts & (1 << slot) == 0 {
                     continue;
-                };
-                let threshold = r.threshold as f64;
-                if estimate * 2.0 >= threshold {
+                }
+                let estimate = estimates[slot];
+                let threshold = s.threshold;
+                // Most requests are far below every threshold: they stop here.
+                let high = estimate * 2.0 >= threshold;
+                if !high && estimate <= threshold {
+                    continue;
+                }
+                let c = &set.rules[ri];
+                let r = &c.rule;
+                if high {
                     c.top.offer(key, estimate, f.now_ms, || describe(&r.key, f));
                 }
                 if estimate <= threshold {
                     continue;
                 }
+                let enforce = r.mode == Mode::Enforce;
                 let crossed = estimate - 1.0 <= threshold;
                 let mut hit = Hit {
                     rule: Arc::clone(&c.name),
@@ -784,14 +912,16 @@ impl Engine {
                         Action::Ban(ttl) => {
                             let until_ms =
                                 f.now_ms + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
-                            hit.ban_placed = self.place_ban(
-                                c.fingerprint,
-                                key,
-                                &c.name,
-                                || describe(&r.key, f),
-                                f.now_ms,
-                                until_ms,
-                            );
+                            // Unless one is in force (as the lookup above found it).
+                            hit.ban_placed = ban_until.is_none_or(|u| u <= f.now_ms)
+                                && self.place_ban(
+                                    c.fingerprint,
+                                    key,
+                                    &c.name,
+                                    || describe(&r.key, f),
+                                    f.now_ms,
+                                    until_ms,
+                                );
                             decide(v, 5, r.priority, Decision::Banned { until_ms }, &c.name);
                         }
                     }
@@ -805,7 +935,10 @@ impl Engine {
         }
     }
 
-    /// Places a ban unless one is in force; returns whether it placed one.
+    /// Places a ban, unless the cap on bans is reached; returns whether it placed one.
+    /// The caller has found no ban in force on `(scope, key)`: two threads placing the
+    /// same ban at once may both place it (the last one in stays), as they could when
+    /// this looked the ban up again.
     fn place_ban(
         &self,
         scope: BanScope,
@@ -815,11 +948,6 @@ impl Engine {
         now_ms: u64,
         until_ms: u64,
     ) -> bool {
-        if let Some(b) = self.bans.get(&(scope, key)) {
-            if b.until_ms > now_ms {
-                return false;
-            }
-        }
         if self.ban_count.load(Ordering::Relaxed) >= self.max_bans {
             return false;
         }
@@ -1081,7 +1209,9 @@ impl Engine {
             }
         }
         let cap = self.max_state_bytes.load(Ordering::Relaxed);
-        if self.state_bytes() > cap {
+        // The set loaded above, not another load of it: this runs every 100 ms.
+        let bytes: usize = set.groups.iter().map(|g| g.state.bytes()).sum();
+        if bytes > cap {
             report.evicted = self.evict(&set, now_ms, cap / 10 * 9);
         }
         report
@@ -1169,13 +1299,10 @@ impl Engine {
 
     /// The hash of a key, computed afresh (manual bans, not the request path).
     fn hash_fields(&self, fields: &[Field], f: &Facts<'_>) -> Option<u64> {
+        let sip = self.hasher();
         let mut key = 0u64;
         for (i, field) in fields.iter().enumerate() {
-            let mut h = self.hasher();
-            if !write_field(&mut h, field, f) {
-                return None;
-            }
-            key = mix(key, h.finish(), i);
+            key = mix(key, field_digest(&sip, field, f)?, i);
         }
         Some(key)
     }
@@ -1187,8 +1314,7 @@ impl Engine {
         if let Some(h) = memo.get(i) {
             return h;
         }
-        let mut h = self.hasher();
-        let h = write_field(&mut h, &set.fields[i], f).then(|| h.finish());
+        let h = field_digest(&self.hasher(), &set.fields[i], f);
         memo.put(i, h);
         h
     }
@@ -1201,6 +1327,9 @@ impl Engine {
         f: &Facts<'_>,
         memo: &mut Memo,
     ) -> Option<u64> {
+        if let [field] = fields {
+            return self.field_hash(set, *field, f, memo);
+        }
         let mut key = 0u64;
         for (i, &field) in fields.iter().enumerate() {
             key = mix(key, self.field_hash(set, field, f, memo)?, i);
@@ -1223,23 +1352,29 @@ fn mix(key: u64, h: u64, i: usize) -> u64 {
 /// size, no allocation; fields past [`MEMO_FIELDS`] are hashed each time they are used.
 #[derive(Default)]
 struct Memo {
-    done: u32,
-    hashes: [Option<u64>; MEMO_FIELDS],
+    /// Fields hashed, and of those, fields the request has (bit per field).
+    done: u16,
+    present: u16,
+    hashes: [u64; MEMO_FIELDS],
 }
 
-const MEMO_FIELDS: usize = 32;
+const MEMO_FIELDS: usize = 16;
 
 impl Memo {
     #[inline]
     fn get(&self, i: usize) -> Option<Option<u64>> {
-        (i < MEMO_FIELDS && self.done & (1 << i) != 0).then(|| self.hashes[i])
+        (i < MEMO_FIELDS && self.done & (1 << i) != 0)
+            .then(|| (self.present & (1 << i) != 0).then(|| self.hashes[i]))
     }
 
     #[inline]
     fn put(&mut self, i: usize, h: Option<u64>) {
         if i < MEMO_FIELDS {
             self.done |= 1 << i;
-            self.hashes[i] = h;
+            if let Some(h) = h {
+                self.present |= 1 << i;
+                self.hashes[i] = h;
+            }
         }
     }
 }
@@ -1287,40 +1422,52 @@ fn text_field<'a>(field: &Field, f: &'a Facts<'a>) -> Option<&'a str> {
     }
 }
 
-/// Feeds a field's value to a hasher; `false` if the request has no such value.
-fn write_field(h: &mut impl Hasher, field: &Field, f: &Facts<'_>) -> bool {
+/// Longest text value hashed from a stack buffer in one call; longer ones are streamed.
+const SHORT_TEXT: usize = 95;
+
+/// The keyed hash of a field's value, `None` if the request has no such value. The bytes
+/// hashed are the address octets (with the prefix length after a masked network), the
+/// token id, or the text followed by `0xff`, exactly as a streaming `Hasher` fed them
+/// piece by piece would see them: snapshots and the fleet's shared state are keyed by
+/// these values, so they must not change. Assembled on the stack and hashed in one call,
+/// they skip the hasher's buffering of each piece (tested against the streaming form).
+fn field_digest(sip: &SipHasher13, field: &Field, f: &Facts<'_>) -> Option<u64> {
     match field {
-        Field::Ip => {
-            match f.ip {
-                IpAddr::V4(a) => h.write(&a.octets()),
-                IpAddr::V6(a) => h.write(&a.octets()),
-            }
-            true
-        }
+        Field::Ip => Some(match f.ip {
+            IpAddr::V4(a) => sip.hash(&a.octets()),
+            IpAddr::V6(a) => sip.hash(&a.octets()),
+        }),
         Field::IpPrefix { v4, v6 } => {
+            let mut buf = [0u8; 17];
             let (net, len) = masked(f.ip, *v4, *v6);
-            match net {
-                IpAddr::V4(a) => h.write(&a.octets()),
-                IpAddr::V6(a) => h.write(&a.octets()),
-            }
-            h.write_u8(len);
-            true
+            let n = match net {
+                IpAddr::V4(a) => {
+                    buf[..4].copy_from_slice(&a.octets());
+                    4
+                }
+                IpAddr::V6(a) => {
+                    buf[..16].copy_from_slice(&a.octets());
+                    16
+                }
+            };
+            buf[n] = len;
+            Some(sip.hash(&buf[..=n]))
         }
-        Field::Token => match f.token {
-            Some(t) => {
-                h.write(&t.0);
-                true
-            }
-            None => false,
-        },
-        other => match text_field(other, f) {
-            Some(s) => {
-                h.write(s.as_bytes());
+        Field::Token => f.token.map(|t| sip.hash(&t.0)),
+        other => text_field(other, f).map(|s| {
+            let b = s.as_bytes();
+            if b.len() <= SHORT_TEXT {
+                let mut buf = [0u8; SHORT_TEXT + 1];
+                buf[..b.len()].copy_from_slice(b);
+                buf[b.len()] = 0xff;
+                sip.hash(&buf[..=b.len()])
+            } else {
+                let mut h = *sip;
+                h.write(b);
                 h.write_u8(0xff);
-                true
+                h.finish()
             }
-            None => false,
-        },
+        }),
     }
 }
 
@@ -1409,8 +1556,14 @@ fn match_mask(set: &RuleSet, g: &Group, f: &Facts<'_>) -> u8 {
         return 0;
     }
     let mut mask = g.class_only;
-    for (slot, &ri) in g.members.iter().enumerate() {
-        if g.class_only & (1 << slot) == 0 && matches(&set.rules[ri].rule, f) {
+    let mut tested = g.tested;
+    while tested != 0 {
+        let slot = tested.trailing_zeros() as usize;
+        tested &= tested - 1;
+        if g.members
+            .get(slot)
+            .is_some_and(|&ri| matches(&set.rules[ri].rule, f))
+        {
             mask |= 1 << slot;
         }
     }
@@ -1516,4 +1669,165 @@ fn carry_over(old: &RuleSet, fingerprints: Vec<u64>) -> GroupState {
         state.heap.fetch_add(heap as isize, Ordering::Relaxed);
     }
     state
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    /// The digests as they were first made: the pieces fed to a streaming hasher one by
+    /// one. Snapshots and the fleet's shared state hold values made this way.
+    fn streamed(sip: &SipHasher13, field: &Field, f: &Facts<'_>) -> Option<u64> {
+        let mut h = *sip;
+        match field {
+            Field::Ip => match f.ip {
+                IpAddr::V4(a) => h.write(&a.octets()),
+                IpAddr::V6(a) => h.write(&a.octets()),
+            },
+            Field::IpPrefix { v4, v6 } => {
+                let (net, len) = masked(f.ip, *v4, *v6);
+                match net {
+                    IpAddr::V4(a) => h.write(&a.octets()),
+                    IpAddr::V6(a) => h.write(&a.octets()),
+                }
+                h.write_u8(len);
+            }
+            Field::Token => h.write(&f.token?.0),
+            other => {
+                h.write(text_field(other, f)?.as_bytes());
+                h.write_u8(0xff);
+            }
+        }
+        Some(h.finish())
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn one_shot_digests_equal_the_streamed_ones() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        // Text around the stack buffer's length (SHORT_TEXT), multi-byte characters too.
+        let alphabet: Vec<char> = "abcxyz0189-_.@é€😀".chars().collect();
+        for n in 0..20_000 {
+            let sip = SipHasher13::new_with_keys(rng.next(), rng.next());
+            let ip = if rng.next().is_multiple_of(3) {
+                IpAddr::from(
+                    ((u128::from(rng.next()) << 64) | u128::from(rng.next())).to_be_bytes(),
+                )
+            } else {
+                IpAddr::from((rng.next() as u32).to_be_bytes())
+            };
+            let len = (rng.next() % (SHORT_TEXT as u64 + 40)) as usize;
+            let text: String = (0..len)
+                .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+                .collect();
+            let token =
+                TokenId((u128::from(rng.next()) << 64 | u128::from(rng.next())).to_le_bytes());
+            let present = n % 7 != 0;
+            let f = Facts {
+                now_ms: 0,
+                class: RouteClass::Protected,
+                route: present.then_some(text.as_str()),
+                method: "GET",
+                path: &text,
+                ip,
+                account: present.then_some(text.as_str()),
+                token: present.then_some(&token),
+                headers: &Nothing,
+                claims: &Nothing,
+            };
+            let fields = [
+                Field::Ip,
+                // Lengths past the address's width are cut to it.
+                Field::IpPrefix {
+                    v4: (rng.next() % 40) as u8,
+                    v6: (rng.next() % 140) as u8,
+                },
+                Field::Token,
+                Field::Account,
+                Field::Route,
+                Field::Path,
+                Field::Method,
+                Field::Header("x-absent".into()),
+            ];
+            for field in &fields {
+                assert_eq!(
+                    field_digest(&sip, field, &f),
+                    streamed(&sip, field, &f),
+                    "{field:?} of {ip} / {text:?}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod top_tests {
+    use super::*;
+
+    /// The list as it was kept before the lowest entry was remembered: a walk over all
+    /// of them for every key that is not in a full list.
+    fn naive(top: &mut Vec<Offender>, key: u64, estimate: f64, now_ms: u64) {
+        if let Some(o) = top.iter_mut().find(|o| o.key == key) {
+            o.estimate = o.estimate.max(estimate);
+            o.last_ms = now_ms;
+            return;
+        }
+        let entry = Offender {
+            key,
+            display: key.to_string(),
+            estimate,
+            last_ms: now_ms,
+        };
+        if top.len() < TOP_K {
+            top.push(entry);
+            return;
+        }
+        if let Some((i, min)) = top
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.estimate.total_cmp(&b.1.estimate))
+        {
+            if estimate > min.estimate {
+                top[i] = entry;
+            }
+        }
+    }
+
+    #[test]
+    fn the_remembered_lowest_entry_changes_nothing() {
+        let t = TopOffenders::default();
+        let mut model = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..100_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // 80 keys for 32 places; few distinct estimates, so ties are common, rising
+            // over time, so that keys keep replacing each other and the lowest entry is
+            // often raised in place.
+            let key = x % 80;
+            let estimate = ((x >> 20) % 8 + i / 2_000) as f64;
+            t.offer(key, estimate, i, || key.to_string());
+            naive(&mut model, key, estimate, i);
+            if i % 97 == 0 {
+                let got = t.0.lock().expect("lock").list.clone();
+                let same = got.len() == model.len()
+                    && got.iter().zip(&model).all(|(a, b)| {
+                        (a.key, a.estimate.to_bits(), a.last_ms, &a.display)
+                            == (b.key, b.estimate.to_bits(), b.last_ms, &b.display)
+                    });
+                assert!(same, "offer {i}: {got:?} vs {model:?}");
+            }
+        }
+    }
 }

@@ -58,6 +58,8 @@ pub use snapshot::SnapshotError;
 pub use state::{MAX_SLOTS, SLOT_BYTES};
 
 #[cfg(test)]
+mod reference_tests;
+#[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;

@@ -38,7 +38,8 @@ impl SlidingCount {
     pub fn add(&mut self, now_ms: u64, window_ms: u64) -> f64 {
         self.roll(epoch(now_ms, window_ms));
         self.curr = self.curr.saturating_add(1);
-        self.estimate(now_ms, window_ms)
+        // `estimate` at the epoch just rolled to, without working the epoch out again.
+        f64::from(self.prev) * (1.0 - fraction(now_ms, window_ms)) + f64::from(self.curr)
     }
 
     /// The estimated count over the window ending at `now_ms`.

@@ -223,6 +223,7 @@ impl Engine {
                 continue;
             };
             manual += usize::from(b.scope == MANUAL);
+            self.note_ban_key(b.scope, b.key);
             self.bans.insert(
                 (b.scope, b.key),
                 Ban {
