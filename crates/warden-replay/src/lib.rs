@@ -105,7 +105,24 @@ pub fn agrees(logged: u16, d: &Decided) -> bool {
     }
 }
 
+/// Adds an item to a list kept to its first `max` (the item is made only if it is kept).
+fn listed<T>(list: &mut Vec<T>, max: usize, item: impl FnOnce() -> T) {
+    if list.len() < max {
+        list.push(item());
+    }
+}
+
 impl Run {
+    /// Counts a bad line, and lists it among the first [`MAX_BAD_LISTED`].
+    fn bad_line(&mut self, file: &str, line: u64, error: impl FnOnce() -> String) {
+        self.bad_lines += 1;
+        listed(&mut self.bad, MAX_BAD_LISTED, || BadLine {
+            file: file.to_owned(),
+            line,
+            error: error(),
+        });
+    }
+
     /// The report's metadata.
     #[must_use]
     pub fn meta(&self, provenance: &str, rules_file: &str) -> Meta {
@@ -142,14 +159,9 @@ pub fn replay_logs<R: BufRead>(
             one_line(&mut run, &name, n, line, map, replayers, &mut decided);
         });
         if let Err(e) = read {
-            run.bad_lines += 1;
-            if run.bad.len() < MAX_BAD_LISTED {
-                run.bad.push(BadLine {
-                    file: name.clone(),
-                    line: n + 1,
-                    error: format!("read error, rest of the file skipped: {e}"),
-                });
-            }
+            run.bad_line(&name, n + 1, || {
+                format!("read error, rest of the file skipped: {e}")
+            });
         }
         run.files.push(name);
     }
@@ -216,14 +228,7 @@ fn one_line(
     let req = match map.parse(line) {
         Ok(r) => r,
         Err(e) => {
-            run.bad_lines += 1;
-            if run.bad.len() < MAX_BAD_LISTED {
-                run.bad.push(BadLine {
-                    file: name.to_owned(),
-                    line: n,
-                    error: e.to_string(),
-                });
-            }
+            run.bad_line(name, n, || e.to_string());
             return;
         }
     };
@@ -234,14 +239,12 @@ fn one_line(
             run.status_compared += 1;
             if !agrees(logged, &d) {
                 run.status_mismatched += 1;
-                if run.mismatches.len() < MAX_CHANGES_LISTED {
-                    run.mismatches.push(Change {
-                        file: name.to_owned(),
-                        line: n,
-                        before: logged.to_string(),
-                        after: format!("{} ({})", d.outcome.name(), d.status),
-                    });
-                }
+                listed(&mut run.mismatches, MAX_CHANGES_LISTED, || Change {
+                    file: name.to_owned(),
+                    line: n,
+                    before: logged.to_string(),
+                    after: format!("{} ({})", d.outcome.name(), d.status),
+                });
             }
         }
         decided.push(d.outcome);
@@ -252,14 +255,12 @@ fn one_line(
             *run.transitions
                 .entry(format!("{} -> {}", a.name(), b.name()))
                 .or_default() += 1;
-            if run.examples.len() < MAX_CHANGES_LISTED {
-                run.examples.push(Change {
-                    file: name.to_owned(),
-                    line: n,
-                    before: a.name(),
-                    after: b.name(),
-                });
-            }
+            listed(&mut run.examples, MAX_CHANGES_LISTED, || Change {
+                file: name.to_owned(),
+                line: n,
+                before: a.name(),
+                after: b.name(),
+            });
         }
     }
 }
