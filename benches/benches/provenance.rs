@@ -83,6 +83,7 @@ fn fill_cache(verifier: &Verifier) {
             cache_key,
             cached: false,
             confirmed: false,
+            ledger_revision: None,
         };
         verifier.remember(&checked);
     }

@@ -317,6 +317,7 @@ fn measure_store(store: &str, accounts: &[String]) -> Result<(), String> {
                     cache_key: u128::from_le_bytes(id.0),
                     cached: false,
                     confirmed: false,
+                    ledger_revision: None,
                 });
             }
             if verifier.cache_len() != N {

@@ -248,6 +248,21 @@ pub trait Ledger: Send + Sync + 'static {
         None
     }
 
+    /// The revision of the answers (see [`MemIndex::revision`]), read before asking:
+    /// the verifier keeps it with a token the ledger confirmed. `None` (the default): no
+    /// revisions, the proxy asks every time.
+    fn revision(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether a token this ledger answered [`Answer::Issued`] for at revision `stamp`
+    /// is still issued, known from memory without a lookup (see
+    /// [`MemIndex::still_issued`]); `false` means "ask", not "not issued". The default
+    /// never knows.
+    fn still_issued(&self, _stamp: u64, _id: &TokenId) -> bool {
+        false
+    }
+
     /// Answers whether a verified token was issued.
     async fn check(&self, query: &Query<'_>) -> Result<Answer, LedgerError>;
 
@@ -372,7 +387,34 @@ pub struct MemIndex {
     recorded_total: AtomicU64,
     revocations_total: AtomicU64,
     swept_total: AtomicU64,
+    /// See [`MemIndex::revision`].
+    revision: AtomicU64,
+    /// A bit per revoked token id (bit `id mod` [`REVOKED_FILTER_BITS`]; ids are digests,
+    /// evenly spread), set when a token is revoked and never cleared: a token revocation
+    /// does not change the revision (revoke-token rules revoke many under attack, and
+    /// each change would send every cached token back to a lookup), it sets the token's
+    /// bit, and [`MemIndex::still_issued`] answers "ask" for a token whose bit is set.
+    /// 8 KiB; after many thousands of revocations most bits are set and confirmed tokens
+    /// are asked about as they were without it.
+    revoked_filter: Box<[AtomicU64]>,
 }
+
+/// Bits of [`MemIndex`]'s filter of revoked token ids.
+const REVOKED_FILTER_BITS: usize = 1 << 16;
+
+/// Word and bit of a token id in the revoked filter.
+fn revoked_bit(id: &TokenId) -> (usize, u64) {
+    let x = u64::from_le_bytes([
+        id.0[0], id.0[1], id.0[2], id.0[3], id.0[4], id.0[5], id.0[6], id.0[7],
+    ]);
+    let bit = (x as usize) % REVOKED_FILTER_BITS;
+    (bit / 64, 1 << (bit % 64))
+}
+
+/// Where the next [`MemIndex`]'s revisions start: each index takes its own 2³² range,
+/// so no two indexes of a process (fleet mode replaces its index on a reset) ever show
+/// the same revision.
+static NEXT_REVISION_BASE: AtomicU64 = AtomicU64::new(0);
 
 impl Default for MemIndex {
     fn default() -> Self {
@@ -408,7 +450,45 @@ impl MemIndex {
             recorded_total: AtomicU64::new(0),
             revocations_total: AtomicU64::new(0),
             swept_total: AtomicU64::new(0),
+            revision: AtomicU64::new(NEXT_REVISION_BASE.fetch_add(1 << 32, Ordering::Relaxed)),
+            revoked_filter: (0..REVOKED_FILTER_BITS / 64)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
+    }
+
+    /// A number that changes after every change that can turn an [`Answer::Issued`]
+    /// into another answer, except the revocation of one token (see
+    /// [`MemIndex::still_issued`]): an account or key revocation, a removal, a record
+    /// replaced. New records do not change it (they turn no `Issued` into anything
+    /// else). The verifier's cache keeps, with each confirmed token, the revision read
+    /// *before* the index confirmed it ([`crate::verify::Checked::confirmed_revision`]).
+    /// Changes are rare (account and key revocations, expiry sweeps), and each one only
+    /// sends every cached token back to one lookup.
+    #[must_use]
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Whether a token the index answered [`Answer::Issued`] for at revision `stamp`
+    /// (read before asking) is still issued, known without looking it up: the revision
+    /// is still `stamp` and the token's bit in the filter of revoked tokens is clear.
+    /// `false` means "look it up", not "not issued".
+    #[must_use]
+    pub fn still_issued(&self, stamp: u64, id: &TokenId) -> bool {
+        if self.revision() != stamp {
+            return false;
+        }
+        let (word, bit) = revoked_bit(id);
+        self.revoked_filter
+            .get(word)
+            .is_some_and(|w| w.load(Ordering::Acquire) & bit == 0)
+    }
+
+    /// After a change that can turn `Issued` into something else: the change is visible
+    /// before the new revision is.
+    fn bump_revision(&self) {
+        self.revision.fetch_add(1, Ordering::Release);
     }
 
     fn account_digest(&self, account: &str) -> u64 {
@@ -434,22 +514,42 @@ impl MemIndex {
             issued_at: compact_time(record.issued_at),
             expires,
         };
+        let mut replaced = false;
         self.tokens
             .entry(record.id)
             .and_modify(|p| {
                 let was_revoked = p.revoked();
+                replaced = *p != packed;
                 *p = packed;
                 if was_revoked {
                     p.expires |= REVOKED_BIT;
                 }
             })
             .or_insert(packed);
+        if replaced {
+            self.bump_revision();
+        }
         self.recorded_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Applies a revocation; returns how many entries it marked.
     pub fn revoke(&self, revocation: &Revocation) -> u64 {
         self.revocations_total.fetch_add(1, Ordering::Relaxed);
+        let marked = self.revoke_inner(revocation);
+        match revocation {
+            // The token's bit, after its entry is marked (see `revoked_filter`).
+            Revocation::Token(id) => {
+                let (word, bit) = revoked_bit(id);
+                if let Some(w) = self.revoked_filter.get(word) {
+                    w.fetch_or(bit, Ordering::Release);
+                }
+            }
+            Revocation::Account { .. } | Revocation::Kid(_) => self.bump_revision(),
+        }
+        marked
+    }
+
+    fn revoke_inner(&self, revocation: &Revocation) -> u64 {
         match revocation {
             Revocation::Token(id) => match self.tokens.get_mut(id) {
                 Some(mut p) => {
@@ -527,10 +627,15 @@ impl MemIndex {
 
     /// Removes ids (after a sweep has removed them from the store).
     pub fn remove_all(&self, ids: &[TokenId]) {
+        let mut removed = false;
         for id in ids {
             if self.tokens.remove(id).is_some() {
                 self.swept_total.fetch_add(1, Ordering::Relaxed);
+                removed = true;
             }
+        }
+        if removed {
+            self.bump_revision();
         }
     }
 
@@ -614,6 +719,55 @@ mod tests {
 
         let _ = idx.revoke(&Revocation::Kid("k1".into()));
         assert_eq!(idx.answer(&q("a2", "alice")), Answer::RevokedKey);
+    }
+
+    /// The revision moves on every change that can take back an `Issued`, and on no
+    /// other; a revoked token is caught by its filter bit instead.
+    #[test]
+    fn still_issued_holds_until_a_change_that_could_take_the_answer_back() {
+        let idx = MemIndex::new();
+        let t0 = EPOCH_BASE + 1000;
+        let id = |jti: &str| TokenId::from_jti(jti);
+        idx.insert(&rec("a1", "alice", t0));
+        idx.insert(&rec("b1", "bob", t0));
+        let r0 = idx.revision();
+        assert!(idx.still_issued(r0, &id("a1")));
+        // New records take nothing back.
+        idx.insert(&rec("c1", "carol", t0));
+        assert_eq!(idx.revision(), r0);
+        // A token revocation: that token asks again, the others do not.
+        let _ = idx.revoke(&Revocation::Token(id("b1")));
+        assert_eq!(idx.revision(), r0);
+        assert!(!idx.still_issued(r0, &id("b1")));
+        assert!(idx.still_issued(r0, &id("a1")));
+        // Account and key revocations, removals and replaced records move it.
+        let mut last = r0;
+        let changes: [&dyn Fn(); 4] = [
+            &|| {
+                let _ = idx.revoke(&Revocation::Account {
+                    account: "alice".into(),
+                    at: t0,
+                });
+            },
+            &|| {
+                let _ = idx.revoke(&Revocation::Kid("k1".into()));
+            },
+            &|| idx.remove_all(&[id("c1")]),
+            &|| idx.insert(&rec("a1", "alice", t0 + 5)),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            change();
+            let now = idx.revision();
+            assert_ne!(now, last, "change {i} kept the revision");
+            assert!(!idx.still_issued(last, &id("a1")), "change {i}");
+            last = now;
+        }
+        // Removing nothing, or re-recording a record as it is, changes nothing.
+        idx.remove_all(&[id("never")]);
+        idx.insert(&rec("a1", "alice", t0 + 5));
+        assert_eq!(idx.revision(), last);
+        // Two indexes never share a revision (fleet mode replaces its index).
+        assert_ne!(MemIndex::new().revision(), MemIndex::new().revision());
     }
 
     #[test]

@@ -13,6 +13,19 @@
 //! Only tokens the ledger confirmed are cached ([`Verifier::remember`]), so an attacker
 //! cannot fill the cache with tokens of their own.
 //!
+//! ## Asking the ledger once per revision
+//! A ledger with revisions ([`Ledger::revision`](crate::ledger::Ledger::revision): the
+//! embedded one and the fleet's) changes its revision after anything that can turn an
+//! "issued" answer into another (a revocation of an account or a key, a removal, a
+//! replaced record), and marks each revoked token in a filter. A confirmed token is
+//! cached with the revision read before the ledger confirmed it; while the ledger stays
+//! at that revision and the token's filter bit is clear, its answer cannot have changed,
+//! and the proxy and log replay skip the lookup ([`Checked::confirmed_revision`],
+//! [`Ledger::still_issued`](crate::ledger::Ledger::still_issued)). A change sends every
+//! cached token back to one lookup, which stamps it again. This takes a lookup off the
+//! common request (a repeat of a good token), not a check: the answer is the one the
+//! ledger would give.
+//!
 //! ## Validly signed tokens the ledger refused
 //! A forged token (a leaked key's, never issued) sent again would pay the full signature
 //! check every time: 40 µs for RS256, 100 µs for ES256, the attacker's cheapest way to
@@ -36,7 +49,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use jsonwebtoken::Algorithm;
 use siphasher::sip128::{Hasher128 as _, SipHasher13};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::keys::{Key, KeyRegistry, KeyUse};
 use crate::ledger::{Answer, IdHasherBuilder, Record, TokenId};
@@ -141,6 +154,42 @@ pub struct Checked {
     pub cached: bool,
     /// Whether it came from the cache of ledger-confirmed tokens.
     pub confirmed: bool,
+    /// The ledger revision the token was last confirmed at (see
+    /// [`Checked::confirmed_revision`]); `None` unless `confirmed`.
+    pub ledger_revision: Option<u64>,
+}
+
+impl Checked {
+    /// The ledger revision this token was last confirmed at, for a token from the cache
+    /// of confirmed tokens: if the ledger says it is [still
+    /// issued](crate::ledger::Ledger::still_issued) at that revision, asking it again
+    /// would answer [`Answer::Issued`] again. Read the ledger's revision before asking
+    /// it (or before this shortcut), and pass it to [`Verifier::conclude_at`].
+    #[must_use]
+    pub fn confirmed_revision(&self) -> Option<u64> {
+        self.ledger_revision.filter(|_| self.confirmed)
+    }
+}
+
+/// A ledger-confirmed token in the verifier's cache, with the ledger revision it was
+/// last confirmed at (updated in place, under the map's read lock).
+#[derive(Debug)]
+struct Confirmed {
+    verified: Arc<Verified>,
+    /// [`UNSTAMPED`] until a ledger with revisions confirms it.
+    revision: AtomicU64,
+}
+
+/// No revision: the token is asked about.
+const UNSTAMPED: u64 = u64::MAX;
+
+impl Confirmed {
+    fn new(verified: Arc<Verified>, revision: Option<u64>) -> Self {
+        Self {
+            verified,
+            revision: AtomicU64::new(revision.unwrap_or(UNSTAMPED)),
+        }
+    }
 }
 
 /// Verifies tokens against the current registry and policy.
@@ -151,7 +200,7 @@ pub struct Verifier {
     policy: Policy,
     /// Keyed by [`Verifier::cache_key`], a keyed SipHash: uniform already, so the maps
     /// take it as it is ([`IdHasherBuilder`]) instead of hashing it again.
-    cache: DashMap<u128, Arc<Verified>, IdHasherBuilder>,
+    cache: DashMap<u128, Confirmed, IdHasherBuilder>,
     /// `cache.len()` locks every shard: this counter answers instead, approximately.
     cached: AtomicUsize,
     /// Validly signed tokens the ledger did not confirm (see the module doc).
@@ -219,15 +268,21 @@ impl Verifier {
         }
         let registry = self.registry.load();
         let cache_key = self.cache_key(token);
-        let hit = match self.cache.get(&cache_key).map(|v| Arc::clone(&v)) {
-            Some(v) => Some((v, true)),
+        let hit = match self.cache.get(&cache_key).map(|c| {
+            let revision = c.revision.load(Ordering::Relaxed);
+            (
+                Arc::clone(&c.verified),
+                (revision != UNSTAMPED).then_some(revision),
+            )
+        }) {
+            Some((v, revision)) => Some((v, true, revision)),
             None if self.unconfirmed_len.load(Ordering::Relaxed) > 0 => self
                 .unconfirmed
                 .get(&cache_key)
-                .map(|v| (Arc::clone(&v), false)),
+                .map(|v| (Arc::clone(&v), false, None)),
             None => None,
         };
-        if let Some((v, confirmed)) = hit {
+        if let Some((v, confirmed, ledger_revision)) = hit {
             match registry.get(&v.kid) {
                 Some(key) if key.fingerprint == v.key_fingerprint => {
                     self.check_live(&v, key, now)?;
@@ -236,6 +291,7 @@ impl Verifier {
                         cache_key,
                         cached: true,
                         confirmed,
+                        ledger_revision,
                     });
                 }
                 Some(_) => {} // material changed under the same kid: verify afresh
@@ -249,6 +305,7 @@ impl Verifier {
             cache_key,
             cached: false,
             confirmed: false,
+            ledger_revision: None,
         })
     }
 
@@ -259,7 +316,22 @@ impl Verifier {
 
     /// Caches a token the ledger confirmed, so its next use skips the signature.
     pub fn remember(&self, checked: &Checked) {
-        if checked.confirmed || self.policy.cache_capacity == 0 {
+        self.remember_at(checked, None);
+    }
+
+    /// [`Verifier::remember`], stamped with the ledger revision read before the ledger
+    /// was asked (see [`Checked::confirmed_at`]); a cached token gets the new stamp.
+    fn remember_at(&self, checked: &Checked, revision: Option<u64>) {
+        if self.policy.cache_capacity == 0 {
+            return;
+        }
+        if checked.confirmed {
+            if revision.is_some() && checked.ledger_revision != revision {
+                if let Some(c) = self.cache.get(&checked.cache_key) {
+                    c.revision
+                        .store(revision.unwrap_or(UNSTAMPED), Ordering::Relaxed);
+                }
+            }
             return;
         }
         if checked.cached && self.unconfirmed.remove(&checked.cache_key).is_some() {
@@ -271,7 +343,10 @@ impl Verifier {
         }
         if self
             .cache
-            .insert(checked.cache_key, Arc::clone(&checked.verified))
+            .insert(
+                checked.cache_key,
+                Confirmed::new(Arc::clone(&checked.verified), revision),
+            )
             .is_none()
         {
             self.cached.fetch_add(1, Ordering::Relaxed);
@@ -282,9 +357,17 @@ impl Verifier {
     /// answer, and a confirmed token is cached ([`Verifier::remember`]). The proxy and log
     /// replay both finish every provenance check with this.
     pub fn conclude(&self, checked: &Checked, answer: Answer) -> Reason {
+        self.conclude_at(checked, answer, None)
+    }
+
+    /// [`Verifier::conclude`] with the ledger's revision, read before it was asked (or
+    /// before [`Checked::confirmed_at`] let the request skip asking): a confirmed token
+    /// is cached with it, so that its next use skips the ledger too while the revision
+    /// holds.
+    pub fn conclude_at(&self, checked: &Checked, answer: Answer, revision: Option<u64>) -> Reason {
         let reason = reason_for(answer);
         if reason == Reason::Ok {
-            self.remember(checked);
+            self.remember_at(checked, revision);
         } else if !checked.cached && self.unconfirmed_capacity() > 0 {
             // Validly signed, not issued (or revoked): the next copy skips the signature.
             if self.unconfirmed_len.load(Ordering::Relaxed) < self.unconfirmed_capacity()
@@ -312,7 +395,7 @@ impl Verifier {
     pub fn sweep_cache(&self, now: u64) -> usize {
         let before = self.cache.len();
         self.cache
-            .retain(|_, v| v.expires_at + self.policy.leeway_seconds >= now);
+            .retain(|_, c| c.verified.expires_at + self.policy.leeway_seconds >= now);
         if self.cache.len() * 10 > self.policy.cache_capacity * 9 {
             let bit = (now % 64) as u32;
             self.cache.retain(|k, _| (k >> bit) & 1 == 0);
@@ -350,8 +433,9 @@ impl Verifier {
     }
 
     /// Drops cached tokens that any of `revocations` covers, from both caches; returns
-    /// how many. The proxy asks the ledger on every request, cached or not, so this is
-    /// not what refuses a revoked token: it keeps the caches from holding tokens that
+    /// how many. This is not what refuses a revoked token (the ledger does, asked
+    /// whenever its revision or the token's revoked bit says its answer may have
+    /// changed: see the module doc): it keeps the caches from holding tokens that
     /// can no longer pass (fleet mode calls it for revocations made on other nodes too).
     /// One walk over the caches for the whole batch (hash lookups per cached token), so
     /// a burst of revocations costs one walk, not one each.
@@ -386,7 +470,7 @@ impl Verifier {
                     .is_some_and(|at| v.issued_at.is_none_or(|iat| iat <= *at))
         };
         let before = self.cache.len() + self.unconfirmed.len();
-        self.cache.retain(|_, v| !covered(v));
+        self.cache.retain(|_, c| !covered(&c.verified));
         self.unconfirmed.retain(|_, v| !covered(v));
         self.cached.store(self.cache.len(), Ordering::Relaxed);
         self.unconfirmed_len

@@ -3,7 +3,7 @@ use serde_json::json;
 use super::*;
 use crate::fixtures::{mint, mint_raw, SampleKey};
 use crate::keys::{KeyRegistry, KeyState};
-use crate::ledger::{MemIndex, Query};
+use crate::ledger::{MemIndex, Query, Revocation};
 
 const NOW: u64 = 1_800_000_000;
 
@@ -367,9 +367,56 @@ fn minted_tokens_cannot_crowd_out_confirmed_ones() {
     assert!(v.verify(&good, NOW).expect("verifies").confirmed);
 }
 
+/// A confirmed token carries the ledger revision it was confirmed at, read before the
+/// ledger was asked; a later confirmation at a new revision stamps it again, and a
+/// refusal leaves the stamp alone (the shortcut then fails on the ledger's side).
+#[test]
+fn confirmed_tokens_carry_the_revision_they_were_confirmed_at() {
+    let v = verifier();
+    let index = MemIndex::new();
+    let t = mint(SampleKey::Hs, "hs", &claims("rev-1")).expect("mint");
+    index.insert(&v.record_for_issued(&t, NOW).expect("record"));
+    // As the proxy does it: revision first, then the ledger unless the shortcut holds.
+    let request = || {
+        let c = v.verify(&t, NOW).expect("verifies");
+        let revision = Some(index.revision());
+        let skipped = c
+            .confirmed_revision()
+            .is_some_and(|r| index.still_issued(r, &c.verified.id));
+        let answer = if skipped {
+            Answer::Issued
+        } else {
+            index.answer(&Query::of(&c.verified))
+        };
+        (v.conclude_at(&c, answer, revision), skipped)
+    };
+    assert_eq!(request(), (Reason::Ok, false), "first use: asked");
+    let c = v.verify(&t, NOW).expect("verifies");
+    assert_eq!(c.confirmed_revision(), Some(index.revision()));
+    assert_eq!(request(), (Reason::Ok, true), "same revision: not asked");
+    // An unrelated change of revision: asked once, stamped again, then skipped.
+    let _ = index.revoke(&Revocation::Account {
+        account: "somebody-else".into(),
+        at: NOW,
+    });
+    assert_eq!(request(), (Reason::Ok, false));
+    assert_eq!(request(), (Reason::Ok, true));
+    // Its own revocation: asked, and refused from then on.
+    let _ = index.revoke(&Revocation::Token(c.verified.id));
+    assert_eq!(request(), (Reason::RevokedToken, false));
+    assert_eq!(request(), (Reason::RevokedToken, false));
+    // Without revisions (`conclude`), nothing is stamped: a new verifier asks each time.
+    let plain = verifier();
+    let other = mint(SampleKey::Hs, "hs", &claims("rev-2")).expect("mint");
+    let c = plain.verify(&other, NOW).expect("verifies");
+    assert_eq!(plain.conclude(&c, Answer::Issued), Reason::Ok);
+    let again = plain.verify(&other, NOW).expect("verifies");
+    assert!(again.confirmed);
+    assert_eq!(again.confirmed_revision(), None);
+}
+
 #[test]
 fn forget_revoked_drops_only_covered_tokens_from_the_caches() {
-    use crate::ledger::Revocation;
     let v = verifier();
     let t1 = mint(SampleKey::Hs, "hs", &claims("f-1")).expect("mint");
     let t2 = mint(SampleKey::Hs, "hs", &claims("f-2")).expect("mint");

@@ -178,8 +178,13 @@ impl Default for DistinctSet {
     }
 }
 
-fn secs(now_ms: u64) -> u32 {
+pub(crate) fn secs(now_ms: u64) -> u32 {
     u32::try_from(now_ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// A window in whole seconds, rounded up, saturating.
+pub(crate) fn window_secs(window_ms: u64) -> u32 {
+    u32::try_from(window_ms.div_ceil(1000)).unwrap_or(u32::MAX)
 }
 
 impl DistinctSet {
@@ -187,7 +192,7 @@ impl DistinctSet {
     /// number of distinct values in the window, and the change in heap bytes.
     pub fn insert(&mut self, fp: u32, now_ms: u64, window_ms: u64) -> (f64, isize) {
         let now_s = secs(now_ms);
-        let window_s = u32::try_from(window_ms.div_ceil(1000)).unwrap_or(u32::MAX);
+        let window_s = window_secs(window_ms);
         let cutoff = now_s.saturating_sub(window_s);
         self.last_seen_s = now_s;
         let before = self.heap_bytes();
@@ -259,7 +264,7 @@ impl DistinctSet {
     #[must_use]
     pub fn estimate(&self, now_ms: u64, window_ms: u64) -> f64 {
         let now_s = secs(now_ms);
-        let window_s = u32::try_from(window_ms.div_ceil(1000)).unwrap_or(u32::MAX);
+        let window_s = window_secs(window_ms);
         let cutoff = now_s.saturating_sub(window_s);
         match &self.repr {
             Repr::Inline { len, items } => items[..usize::from(*len)]
@@ -286,14 +291,21 @@ impl DistinctSet {
     /// Whether nothing was seen within the window ending at `now_ms`.
     #[must_use]
     pub fn is_idle(&self, now_ms: u64, window_ms: u64) -> bool {
-        let window_s = u32::try_from(window_ms.div_ceil(1000)).unwrap_or(u32::MAX);
+        self.is_idle_at(secs(now_ms), window_secs(window_ms))
+    }
+
+    /// [`DistinctSet::is_idle`] with the time and the window in seconds
+    /// (`now_ms / 1000`, `window_ms` rounded up to seconds).
+    #[must_use]
+    #[inline]
+    pub fn is_idle_at(&self, now_s: u32, window_s: u32) -> bool {
         // Large sets remember the previous window too.
         let span = if matches!(self.repr, Repr::Large(_)) {
             window_s.saturating_mul(2)
         } else {
             window_s
         };
-        self.last_seen_s.saturating_add(span) < secs(now_ms)
+        self.last_seen_s.saturating_add(span) < now_s
     }
 
     /// Heap bytes this set owns.

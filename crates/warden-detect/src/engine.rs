@@ -34,7 +34,7 @@ use warden_core::ledger::TokenId;
 use warden_rules::{Action, Condition, Field, Match, Measure, Mode, RouteClass, Rule, Scope};
 
 use crate::fleet::{FleetNote, FleetState};
-use crate::state::{GroupMap, Slot, MAX_SLOTS};
+use crate::state::{GroupMap, IdleAt, Slot, MAX_SLOTS};
 use crate::window::SlidingCount;
 
 mod persist;
@@ -1179,10 +1179,10 @@ impl Engine {
         if idle_due {
             self.last_idle_sweep_ms.store(now_ms, Ordering::Relaxed);
             for g in &set.groups {
-                let windows: Vec<u64> = g
+                let windows: Vec<IdleAt> = g
                     .members
                     .iter()
-                    .map(|&ri| set.rules[ri].window_ms)
+                    .map(|&ri| IdleAt::new(now_ms, set.rules[ri].window_ms))
                     .collect();
                 let before = g.state.map.len();
                 let mut freed = 0usize;
@@ -1191,7 +1191,7 @@ impl Engine {
                 g.state.map.retain(|slots| {
                     let mut live = false;
                     for (s, w) in slots.iter_mut().zip(&windows) {
-                        if s.is_idle(now_ms, *w) {
+                        if s.is_idle_at(w) {
                             if !matches!(s, Slot::Empty) {
                                 freed += s.heap_bytes();
                                 *s = Slot::Empty;

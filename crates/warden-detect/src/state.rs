@@ -26,6 +26,26 @@ pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 // The memory figures in the docs assume it; a bigger slot must be a decision.
 const _: () = assert!(SLOT_BYTES <= 40);
 
+/// A time and a window, as [`Slot::is_idle_at`] compares them: the window index and
+/// the time and window in seconds, worked out once per sweep and window rather than with
+/// a division per entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleAt {
+    epoch: u32,
+    now_s: u32,
+    window_s: u32,
+}
+
+impl IdleAt {
+    pub(crate) fn new(now_ms: u64, window_ms: u64) -> Self {
+        Self {
+            epoch: crate::window::epoch(now_ms, window_ms),
+            now_s: crate::distinct::secs(now_ms),
+            window_s: crate::distinct::window_secs(window_ms),
+        }
+    }
+}
+
 /// One rule's state for one key.
 #[derive(Debug, Clone, Default)]
 pub(crate) enum Slot {
@@ -46,10 +66,17 @@ impl Slot {
     }
 
     pub(crate) fn is_idle(&self, now_ms: u64, window_ms: u64) -> bool {
+        self.is_idle_at(&IdleAt::new(now_ms, window_ms))
+    }
+
+    /// [`Slot::is_idle`] with the window's position worked out already (a sweep visits
+    /// every entry with the same few windows).
+    #[inline]
+    pub(crate) fn is_idle_at(&self, at: &IdleAt) -> bool {
         match self {
             Slot::Empty => true,
-            Slot::Count(c) => c.is_idle(now_ms, window_ms),
-            Slot::Distinct(d) => d.is_idle(now_ms, window_ms),
+            Slot::Count(c) => c.is_idle_at_epoch(at.epoch),
+            Slot::Distinct(d) => d.is_idle_at(at.now_s, at.window_s),
         }
     }
 

@@ -267,9 +267,11 @@ impl<V: Default> Table<V> {
             let Some(start) = g.buckets.iter().position(|b| b.key == 0) else {
                 continue;
             };
+            // `n` is a power of two (see `resize`): a mask, not a division per bucket.
+            let mask = n - 1;
             let mut step = 1;
             while step <= n {
-                let i = (start + step) % n;
+                let i = (start + step) & mask;
                 if g.buckets[i].key != 0 && !keep(&mut g.buckets[i].value) {
                     // A later entry of the run may now sit in `i`: look again.
                     g.remove_at(i);

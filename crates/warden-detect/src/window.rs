@@ -78,7 +78,14 @@ impl SlidingCount {
     /// Whether nothing is left in the window ending at `now_ms` (the entry can go).
     #[must_use]
     pub fn is_idle(&self, now_ms: u64, window_ms: u64) -> bool {
-        epoch(now_ms, window_ms) > self.epoch.wrapping_add(1)
+        self.is_idle_at_epoch(epoch(now_ms, window_ms))
+    }
+
+    /// [`SlidingCount::is_idle`] at window index `epoch` ([`epoch`] of the time).
+    #[must_use]
+    #[inline]
+    pub fn is_idle_at_epoch(&self, epoch: u32) -> bool {
+        epoch > self.epoch.wrapping_add(1)
     }
 }
 

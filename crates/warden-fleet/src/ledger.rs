@@ -215,6 +215,17 @@ impl Ledger for RedisLedger {
         }
     }
 
+    /// The local index's: revocations from any node reach it through the sync task
+    /// (the same path that makes `check_local` refuse them), and a reset starts an index
+    /// whose revisions no earlier index had.
+    fn revision(&self) -> Option<u64> {
+        Some(self.index.load().revision())
+    }
+
+    fn still_issued(&self, stamp: u64, id: &TokenId) -> bool {
+        self.index.load().still_issued(stamp, id)
+    }
+
     async fn check(&self, query: &Query<'_>) -> Result<Answer, LedgerError> {
         let found = self.fetch(&query.id).await?;
         let now = now_ms();

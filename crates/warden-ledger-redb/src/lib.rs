@@ -450,6 +450,14 @@ impl Ledger for EmbeddedLedger {
         Some(self.index.answer(query))
     }
 
+    fn revision(&self) -> Option<u64> {
+        Some(self.index.revision())
+    }
+
+    fn still_issued(&self, stamp: u64, id: &TokenId) -> bool {
+        self.index.still_issued(stamp, id)
+    }
+
     async fn check(&self, query: &Query<'_>) -> Result<Answer, LedgerError> {
         Ok(self.index.answer(query))
     }

@@ -180,7 +180,18 @@ async fn decide(shared: &Shared, token: &str, settings: &Settings) -> Decision {
         };
         let v = &checked.verified;
         let q = Query::of(v);
-        let mut answer = match ledger_answer(shared, &q, settings).await {
+        // Read before the ledger is asked: a token confirmed at this revision and not
+        // revoked since is still issued (see `warden_core::verify`): no lookup.
+        let revision = shared.ledger.revision();
+        let answer = if checked
+            .confirmed_revision()
+            .is_some_and(|r| shared.ledger.still_issued(r, &v.id))
+        {
+            Ok(Answer::Issued)
+        } else {
+            ledger_answer(shared, &q, settings).await
+        };
+        let mut answer = match answer {
             Ok(a) => a,
             Err(()) => {
                 shared.metrics.ledger_unavailable.inc();
@@ -214,7 +225,7 @@ async fn decide(shared: &Shared, token: &str, settings: &Settings) -> Decision {
                 Err(_) => shared.metrics.issuance_wait(IssuanceWait::Overflow),
             }
         }
-        let reason = shared.verifier.conclude(&checked, answer);
+        let reason = shared.verifier.conclude_at(&checked, answer, revision);
         Decision {
             reason,
             checked: Some(checked),

@@ -25,7 +25,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use warden_config::model::{RouteClass, Routes};
-use warden_core::ledger::{MemIndex, Query, Record, Revocation, TokenId};
+use warden_core::ledger::{Answer, MemIndex, Query, Record, Revocation, TokenId};
 use warden_core::token;
 use warden_core::verify::{Checked, Verified, Verifier};
 use warden_core::Reason;
@@ -280,8 +280,18 @@ impl Replayer {
                 (Provenance::Checked { verifier }, Some(t)) => {
                     match verifier.verify(t, now_ms / 1000) {
                         Ok(c) => {
-                            let answer = self.ledger.answer(&Query::of(&c.verified));
-                            reason = verifier.conclude(&c, answer);
+                            // As the proxy's `decide`: a token confirmed at the ledger's
+                            // revision is not asked about again.
+                            let revision = Some(self.ledger.revision());
+                            let answer = if c
+                                .confirmed_revision()
+                                .is_some_and(|r| self.ledger.still_issued(r, &c.verified.id))
+                            {
+                                Answer::Issued
+                            } else {
+                                self.ledger.answer(&Query::of(&c.verified))
+                            };
+                            reason = verifier.conclude_at(&c, answer, revision);
                             checked = Some(c);
                         }
                         Err(r) => reason = r,
