@@ -1,5 +1,5 @@
-//! The compiled configuration. Never deserialized: built only by [`crate::compile`], so
-//! every value here has been checked.
+//! The compiled configuration. Never deserialized: built only by [`crate::load`] and
+//! [`crate::compile_str`], so every value here has been checked.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -320,16 +320,16 @@ impl Verifier {
     }
 
     /// [`Verifier::remember`], stamped with the ledger revision read before the ledger
-    /// was asked (see [`Checked::confirmed_at`]); a cached token gets the new stamp.
+    /// was asked (see [`Checked::confirmed_revision`]); a cached token gets the new
+    /// stamp.
     fn remember_at(&self, checked: &Checked, revision: Option<u64>) {
         if self.policy.cache_capacity == 0 {
             return;
         }
         if checked.confirmed {
-            if revision.is_some() && checked.ledger_revision != revision {
+            if let Some(r) = revision.filter(|r| checked.ledger_revision != Some(*r)) {
                 if let Some(c) = self.cache.get(&checked.cache_key) {
-                    c.revision
-                        .store(revision.unwrap_or(UNSTAMPED), Ordering::Relaxed);
+                    c.revision.store(r, Ordering::Relaxed);
                 }
             }
             return;
@@ -361,7 +361,7 @@ impl Verifier {
     }
 
     /// [`Verifier::conclude`] with the ledger's revision, read before it was asked (or
-    /// before [`Checked::confirmed_at`] let the request skip asking): a confirmed token
+    /// before [`Checked::confirmed_revision`] let the request skip asking): a confirmed token
     /// is cached with it, so that its next use skips the ledger too while the revision
     /// holds.
     pub fn conclude_at(&self, checked: &Checked, answer: Answer, revision: Option<u64>) -> Reason {

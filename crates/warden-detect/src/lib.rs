@@ -52,7 +52,7 @@ pub mod window;
 
 pub use engine::{
     describe_key, Ban, BanScope, Decision, Engine, Facts, Hit, Lookup, Nothing, Offender, Restored,
-    RuleInfo, SweepReport, TopOffenders, Verdict, MANUAL, TOP_K,
+    RuleInfo, SweepReport, TopOffenders, Verdict, IDLE_SWEEP_MS, MANUAL, TOP_K,
 };
 pub use snapshot::SnapshotError;
 pub use state::{MAX_SLOTS, SLOT_BYTES};

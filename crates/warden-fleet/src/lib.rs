@@ -28,8 +28,8 @@
 //! A write is one `MULTI`/`EXEC` (`HSET` + `EXPIREAT` per record), acknowledged only after
 //! Redis answered `OK` (and, with `min_replicas`, after `WAIT` saw that many replicas):
 //! with `appendfsync always` an acknowledged record survives a Redis crash. Any failure
-//! or timeout reaches the caller as [`LedgerError::Unavailable`]; nothing is queued to
-//! be retried behind its back. Lookups are answered from a local [`MemIndex`] when it
+//! or timeout reaches the caller as [`LedgerError::Unavailable`](warden_core::LedgerError::Unavailable); nothing is queued to
+//! be retried behind its back. Lookups are answered from a local [`MemIndex`](warden_core::ledger::MemIndex) when it
 //! knows the token, else from Redis (`HGETALL`, whose answer fills the index).
 //!
 //! A token Redis does not have is remembered as absent for [`ABSENT_MS`] (at most

@@ -12,7 +12,7 @@
 //!
 //! Two ways to run them:
 //! * `cargo test -p warden-fuzz` (stable, what CI runs): every file of `fuzz/corpus/<target>`
-//!   plus a fixed number of seeded mutations of them ([`run`]). Deterministic for a seed;
+//!   plus a fixed number of seeded mutations of them ([`mutate::run`]). Deterministic for a seed;
 //!   a failing input is written to `target/fuzz-failures/` and named in the failure.
 //! * `scripts/fuzz <target> <seconds>`: coverage-guided libFuzzer through the cargo-fuzz
 //!   project in `/fuzz`, built on stable with sanitizer-coverage flags (no nightly, no

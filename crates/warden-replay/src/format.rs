@@ -298,7 +298,7 @@ impl FieldMap {
 
     /// Reads one line (without its newline).
     ///
-    /// A JSON line is read by a scanner over its bytes ([`scan_object`]) when it is a
+    /// A JSON line is read by a scanner over its bytes (`scan_object`) when it is a
     /// flat object of strings without escapes, integers, `true`, `false` and `null`, the
     /// shape of nearly every access log; any other line (escapes, fractions, nested
     /// values, bad syntax, invalid UTF-8) goes to serde_json, which decides it and words
