@@ -27,6 +27,7 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use siphasher::sip::SipHasher24;
 
+use crate::bits::StickyBits;
 use crate::error::LedgerError;
 
 /// Unix time 2020-01-01T00:00:00Z; compact times count from here.
@@ -389,26 +390,23 @@ pub struct MemIndex {
     swept_total: AtomicU64,
     /// See [`MemIndex::revision`].
     revision: AtomicU64,
-    /// A bit per revoked token id (bit `id mod` [`REVOKED_FILTER_BITS`]; ids are digests,
-    /// evenly spread), set when a token is revoked and never cleared: a token revocation
-    /// does not change the revision (revoke-token rules revoke many under attack, and
-    /// each change would send every cached token back to a lookup), it sets the token's
-    /// bit, and [`MemIndex::still_issued`] answers "ask" for a token whose bit is set.
-    /// 8 KiB; after many thousands of revocations most bits are set and confirmed tokens
-    /// are asked about as they were without it.
-    revoked_filter: Box<[AtomicU64]>,
+    /// The revoked token ids (their first 8 bytes: ids are digests, evenly spread): a
+    /// token revocation does not change the revision (revoke-token rules revoke many under
+    /// attack, and each change would send every cached token back to a lookup), it adds
+    /// the token here, and [`MemIndex::still_issued`] answers "ask" for a token that may
+    /// be in it. [`REVOKED_WORDS`] × 64 bits, 8 KiB; after many thousands of revocations
+    /// most bits are set and confirmed tokens are asked about as they were without it.
+    revoked_tokens: StickyBits,
 }
 
-/// Bits of [`MemIndex`]'s filter of revoked token ids.
-const REVOKED_FILTER_BITS: usize = 1 << 16;
+/// Words of [`MemIndex`]'s set of revoked token ids (65 536 bits).
+const REVOKED_WORDS: usize = 1024;
 
-/// Word and bit of a token id in the revoked filter.
-fn revoked_bit(id: &TokenId) -> (usize, u64) {
-    let x = u64::from_le_bytes([
-        id.0[0], id.0[1], id.0[2], id.0[3], id.0[4], id.0[5], id.0[6], id.0[7],
-    ]);
-    let bit = (x as usize) % REVOKED_FILTER_BITS;
-    (bit / 64, 1 << (bit % 64))
+/// A token id as [`MemIndex`]'s set of revoked tokens keys it.
+fn id_digest(id: &TokenId) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[..8]);
+    u64::from_le_bytes(b)
 }
 
 /// Where the next [`MemIndex`]'s revisions start: each index takes its own 2³² range,
@@ -451,9 +449,7 @@ impl MemIndex {
             revocations_total: AtomicU64::new(0),
             swept_total: AtomicU64::new(0),
             revision: AtomicU64::new(NEXT_REVISION_BASE.fetch_add(1 << 32, Ordering::Relaxed)),
-            revoked_filter: (0..REVOKED_FILTER_BITS / 64)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            revoked_tokens: StickyBits::with_words(REVOKED_WORDS),
         }
     }
 
@@ -472,17 +468,11 @@ impl MemIndex {
 
     /// Whether a token the index answered [`Answer::Issued`] for at revision `stamp`
     /// (read before asking) is still issued, known without looking it up: the revision
-    /// is still `stamp` and the token's bit in the filter of revoked tokens is clear.
-    /// `false` means "look it up", not "not issued".
+    /// is still `stamp` and the token was never revoked (its bit in the set of revoked
+    /// tokens is clear). `false` means "look it up", not "not issued".
     #[must_use]
     pub fn still_issued(&self, stamp: u64, id: &TokenId) -> bool {
-        if self.revision() != stamp {
-            return false;
-        }
-        let (word, bit) = revoked_bit(id);
-        self.revoked_filter
-            .get(word)
-            .is_some_and(|w| w.load(Ordering::Acquire) & bit == 0)
+        self.revision() == stamp && !self.revoked_tokens.may_contain(id_digest(id))
     }
 
     /// After a change that can turn `Issued` into something else: the change is visible
@@ -535,29 +525,19 @@ impl MemIndex {
     /// Applies a revocation; returns how many entries it marked.
     pub fn revoke(&self, revocation: &Revocation) -> u64 {
         self.revocations_total.fetch_add(1, Ordering::Relaxed);
-        let marked = self.revoke_inner(revocation);
         match revocation {
-            // The token's bit, after its entry is marked (see `revoked_filter`).
             Revocation::Token(id) => {
-                let (word, bit) = revoked_bit(id);
-                if let Some(w) = self.revoked_filter.get(word) {
-                    w.fetch_or(bit, Ordering::Release);
-                }
+                let marked = match self.tokens.get_mut(id) {
+                    Some(mut p) => {
+                        p.expires |= REVOKED_BIT;
+                        1
+                    }
+                    None => 0,
+                };
+                // After its entry is marked (see `revoked_tokens`).
+                self.revoked_tokens.add(id_digest(id));
+                marked
             }
-            Revocation::Account { .. } | Revocation::Kid(_) => self.bump_revision(),
-        }
-        marked
-    }
-
-    fn revoke_inner(&self, revocation: &Revocation) -> u64 {
-        match revocation {
-            Revocation::Token(id) => match self.tokens.get_mut(id) {
-                Some(mut p) => {
-                    p.expires |= REVOKED_BIT;
-                    1
-                }
-                None => 0,
-            },
             Revocation::Account { account, at } => {
                 let d = self.account_digest(account);
                 let cut = compact_time(*at);
@@ -566,11 +546,13 @@ impl MemIndex {
                     .and_modify(|c| *c = (*c).max(cut))
                     .or_insert(cut);
                 self.any_revoked_accounts.store(true, Ordering::Release);
+                self.bump_revision();
                 0
             }
             Revocation::Kid(kid) => {
                 self.revoked_kids.insert(kid.clone(), ());
                 self.any_revoked_kids.store(true, Ordering::Release);
+                self.bump_revision();
                 0
             }
         }

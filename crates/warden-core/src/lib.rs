@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bits;
 mod claims;
 pub mod error;
 #[cfg(any(test, feature = "fixtures"))]

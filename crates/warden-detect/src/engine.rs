@@ -30,6 +30,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use siphasher::sip::SipHasher13;
+use warden_core::bits::StickyBits;
 use warden_core::ledger::TokenId;
 use warden_rules::{Action, Condition, Field, Match, Measure, Mode, RouteClass, Rule, Scope};
 
@@ -371,19 +372,18 @@ pub struct Engine {
     /// bit is set before the ban goes in and never cleared (clearing could race with a
     /// ban being placed and let a banned key through), so a clear bit means no ban;
     /// after many thousands of bans most bits are set and requests look up as they did
-    /// without it. [`BAN_FILTER_WORDS`] × 64 bits.
-    ban_filter: Box<[AtomicU64]>,
+    /// without it. [`BAN_FILTER_WORDS`] × 64 bits, keyed by [`ban_digest`].
+    ban_filter: StickyBits,
 }
 
 /// Words of [`Engine`]'s ban filter (16 384 bits, 2 KiB).
 const BAN_FILTER_WORDS: usize = 256;
 
-/// Word and bit of a ban's scope and key in the ban filter (both are hashes: their low
-/// bits are spread evenly already; the scope is in it so that a key banned by one rule
-/// does not send the other rules' checks to the map).
-fn ban_bit(scope: BanScope, key: u64) -> (usize, u64) {
-    let x = key ^ scope;
-    ((x >> 6) as usize % BAN_FILTER_WORDS, 1 << (x & 63))
+/// A ban's scope and key as the ban filter keys them (both are hashes: their low bits
+/// are spread evenly already; the scope is in it so that a key banned by one rule does
+/// not send the other rules' checks to the map).
+fn ban_digest(scope: BanScope, key: u64) -> u64 {
+    key ^ scope
 }
 
 /// How often [`Engine::sweep`] walks the tables for idle keys.
@@ -438,25 +438,19 @@ impl Engine {
             manual_name: Arc::from(MANUAL_NAME),
             next_ban_end_ms: AtomicU64::new(u64::MAX),
             fleet: std::sync::OnceLock::new(),
-            ban_filter: (0..BAN_FILTER_WORDS).map(|_| AtomicU64::new(0)).collect(),
+            ban_filter: StickyBits::with_words(BAN_FILTER_WORDS),
         }
     }
 
     /// Sets `key`'s bit in the ban filter: before every insert into `bans`.
     fn note_ban_key(&self, scope: BanScope, key: u64) {
-        let (word, bit) = ban_bit(scope, key);
-        if let Some(w) = self.ban_filter.get(word) {
-            w.fetch_or(bit, Ordering::Release);
-        }
+        self.ban_filter.add(ban_digest(scope, key));
     }
 
     /// Whether `key` may have a ban (see `ban_filter`).
     #[inline]
     fn may_be_banned(&self, scope: BanScope, key: u64) -> bool {
-        let (word, bit) = ban_bit(scope, key);
-        self.ban_filter
-            .get(word)
-            .is_none_or(|w| w.load(Ordering::Relaxed) & bit != 0)
+        self.ban_filter.may_contain(ban_digest(scope, key))
     }
 
     /// Turns fleet mode on: fleet-scope count rules add the other nodes' counts from

@@ -180,16 +180,15 @@ async fn decide(shared: &Shared, token: &str, settings: &Settings) -> Decision {
         };
         let v = &checked.verified;
         let q = Query::of(v);
-        // Read before the ledger is asked: a token confirmed at this revision and not
-        // revoked since is still issued (see `warden_core::verify`): no lookup.
-        let revision = shared.ledger.revision();
-        let answer = if checked
-            .confirmed_revision()
-            .is_some_and(|r| shared.ledger.still_issued(r, &v.id))
-        {
-            Ok(Answer::Issued)
-        } else {
-            ledger_answer(shared, &q, settings).await
+        // A token confirmed at the ledger's current revision and not revoked since is
+        // still issued (see `warden_core::verify`): no lookup, and its stamp stays. Any
+        // other is asked, with the revision read before asking.
+        let (revision, answer) = match checked.confirmed_revision() {
+            Some(r) if shared.ledger.still_issued(r, &v.id) => (Some(r), Ok(Answer::Issued)),
+            _ => {
+                let revision = shared.ledger.revision();
+                (revision, ledger_answer(shared, &q, settings).await)
+            }
         };
         let mut answer = match answer {
             Ok(a) => a,

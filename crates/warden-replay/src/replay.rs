@@ -282,16 +282,16 @@ impl Replayer {
                         Ok(c) => {
                             // As the proxy's `decide`: a token confirmed at the ledger's
                             // revision is not asked about again.
-                            let revision = Some(self.ledger.revision());
-                            let answer = if c
-                                .confirmed_revision()
-                                .is_some_and(|r| self.ledger.still_issued(r, &c.verified.id))
-                            {
-                                Answer::Issued
-                            } else {
-                                self.ledger.answer(&Query::of(&c.verified))
+                            let (revision, answer) = match c.confirmed_revision() {
+                                Some(r) if self.ledger.still_issued(r, &c.verified.id) => {
+                                    (r, Answer::Issued)
+                                }
+                                _ => {
+                                    let revision = self.ledger.revision();
+                                    (revision, self.ledger.answer(&Query::of(&c.verified)))
+                                }
                             };
-                            reason = verifier.conclude_at(&c, answer, revision);
+                            reason = verifier.conclude_at(&c, answer, Some(revision));
                             checked = Some(c);
                         }
                         Err(r) => reason = r,
