@@ -105,6 +105,8 @@ fn refuses_what_it_cannot_pool() {
     let good = results(dir.path(), "good.tsv", &[(10.0, 9.0)]);
     let bad = dir.path().join("bad.tsv");
     std::fs::write(&bad, "# a report, not a results.tsv\n").expect("write");
+    let empty = dir.path().join("empty.tsv");
+    std::fs::write(&empty, "").expect("write");
     for (args, says) in [
         (vec![], "give one or more results.tsv files"),
         (vec![bad.to_str().unwrap()], "is not a results.tsv"),
@@ -117,6 +119,7 @@ fn refuses_what_it_cannot_pool() {
             "--target must be a number",
         ),
         (vec!["/nonexistent/results.tsv"], "cannot read"),
+        (vec![empty.to_str().unwrap()], "is empty"),
     ] {
         let out = pool(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -191,10 +191,12 @@ impl Replayer {
     pub fn new(setup: Setup) -> Self {
         let engine = Engine::with_key(setup.max_state_bytes, setup.max_bans, REPLAY_KEY);
         // Idle keys are dropped every hour of log time rather than the proxy's 5 s: no
-        // decision changes (an idle key counts zero either way), and the walk over every
-        // table would otherwise dominate a replay of hours of sparse traffic. (Every 10
-        // min, the walks were 4 % of replaying the report scenario's six hours; the
-        // memory cap is still checked every 100 ms of log time.)
+        // decision changes while the state is under its cap (an idle key counts zero
+        // either way), and the walk over every table would otherwise dominate a replay of
+        // hours of sparse traffic (every 10 min, the walks were 4 % of replaying the
+        // report scenario's six hours). The cap is still checked every 100 ms of log time;
+        // over it, eviction takes the lowest-scoring entries, idle ones among them, so an
+        // over-cap replay can differ from the proxy's in which low-scoring keys go.
         engine.set_idle_sweep_interval(IDLE_SWEEP_EVERY_MS);
         engine.set_rules(setup.rules.clone(), setup.max_state_bytes);
         let ledger = MemIndex::new();
