@@ -326,16 +326,33 @@ fn revocation_by_token_account_and_key_id() {
     }
     let r = w.admin("POST", "/ledger/revoke", &json!({"token": b1}).to_string());
     assert_eq!(r.json()["revoked"], 1, "{}", r.text());
+    assert_eq!(r.json()["scope"], "token", "{}", r.text());
+    let id = r.json()["token_id"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{}",
+        r.text()
+    );
     assert_eq!(w.get("/account/x", &b1).status, 401);
+    // An account revocation marks no record, and says what it covers instead.
+    let before = now();
     let r = w.admin("POST", "/ledger/revoke", r#"{"account":"alice"}"#);
     assert_eq!(r.status, 200);
+    let body = r.json();
+    assert_eq!(body["scope"], "account", "{}", r.text());
+    assert_eq!(body["account"], "alice", "{}", r.text());
+    assert_eq!(body["revoked"], 0, "{}", r.text());
+    let up_to = body["issued_up_to"].as_u64().unwrap_or(0);
+    assert!((before..=now()).contains(&up_to), "{}", r.text());
     assert_eq!(w.get("/account/x", &a1).status, 401);
     assert_eq!(w.get("/account/x", &a2).status, 401);
-    w.admin(
+    let r = w.admin(
         "POST",
         "/ledger/revoke",
         &format!(r#"{{"kid":"{}"}}"#, kid::ED),
     );
+    assert_eq!(r.json()["scope"], "kid", "{}", r.text());
+    assert_eq!(r.json()["kid"], kid::ED, "{}", r.text());
     assert_eq!(w.get("/account/x", &c1).status, 401);
     assert_eq!(reason(&w, "revoked_token"), 3.0);
     assert_eq!(reason(&w, "revoked_key"), 1.0);

@@ -287,8 +287,22 @@ impl AdminApp {
             "kid" => Revocation::Kid(value.to_owned()),
             other => return error(StatusCode::BAD_REQUEST, format!("unknown revocation key {other:?}; expected jti, token_id, token, account or kid")),
         };
+        // What the revocation covers, in the answer: an account or key-id revocation marks
+        // no record ("revoked": 0) yet refuses every token it names, which a bare count
+        // would hide from the operator who just made it.
+        let covers = match &revocation {
+            Revocation::Token(id) => json!({"scope": "token", "token_id": id.to_hex()}),
+            Revocation::Account { account, at } => {
+                json!({"scope": "account", "account": account, "issued_up_to": at})
+            }
+            Revocation::Kid(kid) => json!({"scope": "kid", "kid": kid}),
+        };
         match self.control.ledger().revoke(revocation).await {
-            Ok(n) => reply(StatusCode::OK, &json!({"revoked": n})),
+            Ok(n) => {
+                let mut body = covers;
+                body["revoked"] = json!(n);
+                reply(StatusCode::OK, &body)
+            }
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
