@@ -225,6 +225,116 @@ ban_for = "1h"
     );
 }
 
+/// A token revoked through one node before its record exists is refused on every node
+/// once any node records it, and on a node started afterwards; the fleet holds its
+/// waiting revocations to one shared cap.
+#[test]
+fn a_token_revoked_before_its_record_is_refused_on_every_node_once_recorded() {
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("{LEDGER}\nmax_pending_revocations = 2");
+    let node = |name: &str| {
+        Warden::start_with_rules_and_ledger_to(
+            up.addr,
+            "",
+            &ledger,
+            &fleet_extra(&redis, name, "pend", keys.path()),
+        )
+    };
+    let (mut a, b) = (node("a"), node("b"));
+    let t = now() - 30;
+    let tok = |account: &str| token(SampleKey::RsA, kid::ACTIVE, account, t);
+    let (stolen, other, third) = (tok("dave"), tok("erin"), tok("frank"));
+    let revoke = |w: &Warden, t: &str| {
+        w.admin(
+            "POST",
+            "/ledger/revoke",
+            &serde_json::json!({"token": t}).to_string(),
+        )
+    };
+    for (w, t) in [(&a, &stolen), (&b, &other)] {
+        let r = revoke(w, t);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["waiting_for_record"], true, "{}", r.text());
+    }
+    assert_eq!(redis.cli(&["ZCARD", "pend:revoked:pending"]).trim(), "2");
+    // The cap is the fleet's: node a took one, node b one.
+    let r = revoke(&a, &third);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("max_pending_revocations = 2"),
+        "{}",
+        r.text()
+    );
+
+    // The login node (b) writes the record: refused on both nodes.
+    b.record(&stolen);
+    assert_eq!(b.get("/account/x", &stolen).status, 401);
+    assert_eq!(a.get("/account/x", &stolen).status, 401);
+    a.record(&other);
+    assert_eq!(b.get("/account/x", &other).status, 401);
+    assert_eq!(a.get("/account/x", &other).status, 401);
+    // Recorded, they no longer wait: the set is empty.
+    assert_eq!(redis.cli(&["ZCARD", "pend:revoked:pending"]).trim(), "0");
+    // The refused one was not kept anywhere.
+    a.record(&third);
+    assert_eq!(b.get("/account/x", &third).status, 200);
+    // A node that starts afterwards, with an empty index, refuses it too.
+    a.restart();
+    assert_eq!(a.get("/account/x", &stolen).status, 401);
+    assert_eq!(a.get("/account/x", &third).status, 200);
+}
+
+/// Waiting revocations leave Redis after `ledger.pending_revocation_ttl`, and the node's
+/// index at its next sweep: the waiting set makes room for new ones.
+#[test]
+fn a_waiting_revocation_lapses_after_its_time_to_live() {
+    let redis = Redis::start();
+    let up = Upstream::start(kid::ACTIVE);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let w = Warden::start_with_rules_and_ledger_to(
+        up.addr,
+        "",
+        &format!(
+            "{LEDGER}\nmax_pending_revocations = 1\npending_revocation_ttl = \"1s\"\nsweep_interval = \"1s\""
+        ),
+        &fleet_extra(&redis, "a", "lapse", keys.path()),
+    );
+    let t = now() - 30;
+    let (x, y) = (
+        token(SampleKey::RsA, kid::ACTIVE, "xavier", t),
+        token(SampleKey::RsA, kid::ACTIVE, "yvonne", t),
+    );
+    revoke_token(&w, &x);
+    let x_key = format!(
+        "lapse:tok:{}",
+        w.admin(
+            "POST",
+            "/ledger/revoke",
+            &serde_json::json!({"token": x}).to_string()
+        )
+        .json()["token_id"]
+            .as_str()
+            .unwrap_or_default()
+    );
+    assert_eq!(redis.cli(&["HGET", &x_key, "r"]).trim(), "1");
+    let body = |t: &str| serde_json::json!({"token": t}).to_string();
+    assert_eq!(w.admin("POST", "/ledger/revoke", &body(&y)).status, 503);
+    let pending = || w.admin("GET", "/ledger/stats", "").json()["pending_revocations"].as_u64();
+    assert_eq!(pending(), Some(1));
+    std::thread::sleep(Duration::from_millis(2100));
+    // x's wait is over: its hash is gone from Redis, y takes its place in the set.
+    assert_eq!(redis.cli(&["EXISTS", &x_key]).trim(), "0");
+    revoke_token(&w, &y);
+    assert_eq!(redis.cli(&["ZCARD", "lapse:revoked:pending"]).trim(), "1");
+    // And the node's index drops x at a sweep (y's own wait lapses soon after).
+    let dropped = wait_for(Duration::from_secs(3), || {
+        (pending() == Some(1)).then_some(())
+    });
+    assert!(dropped.is_some(), "the index kept {:?} waiting", pending());
+}
+
 #[test]
 fn ended_bans_leave_redis_while_the_nodes_run() {
     // Bans are kept in a Redis hash that every starting node reads whole; ended ones must

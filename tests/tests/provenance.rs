@@ -367,6 +367,83 @@ fn revocation_by_token_account_and_key_id() {
     assert_eq!(r.json()["account"], "bob");
 }
 
+/// A stolen token revoked by the operator before its record reached warden (a batch
+/// import, a capture still on its way) is refused once the record arrives, after a
+/// restart too; the revocations waiting are counted, capped and refused clearly when full.
+#[test]
+fn a_token_revoked_before_its_record_is_refused_when_the_record_arrives() {
+    let up = Upstream::start(kid::ACTIVE);
+    let mut w = Warden::start_with_rules_and_ledger_to(
+        up.addr,
+        "",
+        "max_pending_revocations = 2\npending_revocation_ttl = \"1h\"",
+        "",
+    );
+    let t = now() - 30;
+    let stolen = token(SampleKey::RsA, kid::ACTIVE, "dave", t);
+    let other = token(SampleKey::Es, kid::ES, "erin", t);
+    let r = w.admin(
+        "POST",
+        "/ledger/revoke",
+        &json!({"token": stolen}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["revoked"], 0, "{}", r.text());
+    assert_eq!(r.json()["waiting_for_record"], true, "{}", r.text());
+    let r = w.admin(
+        "POST",
+        "/ledger/revoke",
+        &json!({"jti": jti_of(&other)}).to_string(),
+    );
+    assert_eq!(r.json()["waiting_for_record"], true, "{}", r.text());
+    let stats = w.admin("GET", "/ledger/stats", "").json();
+    assert_eq!(stats["pending_revocations"], 2, "{stats}");
+    let gauge = wait_for(Duration::from_secs(3), || {
+        (w.metric("warden_ledger_pending_revocations") == 2.0).then_some(())
+    });
+    assert!(gauge.is_some(), "gauge never showed 2 waiting revocations");
+    // Full: a third is refused, with the setting named; one already waiting is taken.
+    let third = token(SampleKey::RsA, kid::ACTIVE, "frank", t);
+    let r = w.admin(
+        "POST",
+        "/ledger/revoke",
+        &json!({"token": third}).to_string(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("ledger.max_pending_revocations = 2"),
+        "{}",
+        r.text()
+    );
+    let r = w.admin(
+        "POST",
+        "/ledger/revoke",
+        &json!({"token": stolen}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    w.restart();
+    // The record arrives (the issuer's batch): the token is refused as revoked.
+    w.record(&stolen);
+    assert_eq!(w.get("/account/x", &stolen).status, 401);
+    assert_eq!(reason(&w, "revoked_token"), 1.0);
+    let r = w.admin(
+        "GET",
+        &format!("/ledger/lookup?jti={}", jti_of(&stolen)),
+        "",
+    );
+    assert_eq!(r.json()["revoked"], true, "{}", r.text());
+    // The refused one was not kept: its token passes once recorded.
+    w.record(&third);
+    assert_eq!(w.get("/account/x", &third).status, 200);
+    w.record(&other);
+    assert_eq!(w.get("/account/x", &other).status, 401);
+    assert_eq!(
+        w.admin("GET", "/ledger/stats", "").json()["pending_revocations"],
+        0
+    );
+}
+
 fn jti_of(tok: &str) -> String {
     let p = tok.split('.').nth(1).expect("payload");
     let bytes =

@@ -301,6 +301,10 @@ impl AdminApp {
             Ok(n) => {
                 let mut body = covers;
                 body["revoked"] = json!(n);
+                if body["scope"] == "token" {
+                    // No record of it yet: the revocation waits for one.
+                    body["waiting_for_record"] = json!(n == 0);
+                }
                 reply(StatusCode::OK, &body)
             }
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -404,7 +408,8 @@ impl AdminApp {
                 return reply(
                     StatusCode::OK,
                     &json!({"backend": c.ledger().name(), "entries": s.entries, "recorded_total": s.recorded_total,
-                            "revocations_total": s.revocations_total, "swept_total": s.swept_total}),
+                            "revocations_total": s.revocations_total, "swept_total": s.swept_total,
+                            "pending_revocations": s.pending_revocations}),
                 );
             }
             _ => {}

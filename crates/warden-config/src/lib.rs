@@ -1287,6 +1287,17 @@ impl Compiler<'_> {
                 &l.expiry_grace,
                 Duration::from_secs(3600),
             ),
+            pending_revocation_ttl: self.duration(
+                "ledger.pending_revocation_ttl",
+                &l.pending_revocation_ttl,
+                Duration::from_secs(7 * 86_400),
+            ),
+            max_pending_revocations: self.count(
+                "ledger.max_pending_revocations",
+                &l.max_pending_revocations,
+                100_000,
+                0..100_000_001,
+            ),
         }
     }
 

@@ -322,6 +322,10 @@ pub struct Ledger {
     /// Records are kept this long past their expiry (so late requests get `expired`,
     /// not `forged`).
     pub expiry_grace: Duration,
+    /// A token revoked before its record arrived stays revoked-in-waiting this long.
+    pub pending_revocation_ttl: Duration,
+    /// Most token revocations waiting for their record at once.
+    pub max_pending_revocations: usize,
 }
 
 /// What happens when the ledger cannot answer.

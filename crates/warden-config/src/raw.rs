@@ -104,6 +104,8 @@ pub struct Ledger {
     pub write_queue: Option<S<i64>>,
     pub sweep_interval: Option<S<String>>,
     pub expiry_grace: Option<S<String>>,
+    pub pending_revocation_ttl: Option<S<String>>,
+    pub max_pending_revocations: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

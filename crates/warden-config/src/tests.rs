@@ -37,6 +37,14 @@ fn minimal_config_has_safe_defaults() {
     assert_eq!(c.token.header.as_deref(), Some("authorization"));
     assert_eq!(c.routes.default_class, RouteClass::Open);
     assert_eq!(c.ledger.timeout, Duration::from_millis(50));
+    assert_eq!(
+        c.ledger.pending_revocation_ttl,
+        Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(
+        c.ledger.max_pending_revocations,
+        warden_core::ledger::DEFAULT_MAX_PENDING
+    );
     // No protected route and no keys: both warned about.
     assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
 }
@@ -157,6 +165,31 @@ x = 1
         );
     }
     assert_eq!(e.len(), expect.len(), "{}", e.join("\n"));
+}
+
+#[test]
+fn waiting_revocation_limits_are_read_and_checked() {
+    let l = ok(&format!(
+        "{MIN}[ledger]\npending_revocation_ttl = \"1d\"\nmax_pending_revocations = 5\n"
+    ));
+    assert_eq!(
+        l.config.ledger.pending_revocation_ttl,
+        Duration::from_secs(86_400)
+    );
+    assert_eq!(l.config.ledger.max_pending_revocations, 5);
+    let e = errs(&format!(
+        "{MIN}[ledger]\npending_revocation_ttl = \"a week\"\nmax_pending_revocations = -1\n"
+    ));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("w.toml:4:26:") && e[0].contains("a week"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("w.toml:5:27:")
+            && e[1].contains("ledger.max_pending_revocations = -1 is out of range"),
+        "{e:?}"
+    );
 }
 
 #[test]

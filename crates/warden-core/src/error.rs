@@ -64,6 +64,15 @@ pub enum LedgerError {
     /// A record or request was refused as invalid.
     #[error("invalid ledger record: {0}")]
     Invalid(String),
+    /// A token revocation of an id with no record could not be kept: as many already
+    /// wait for their record as `ledger.max_pending_revocations` allows.
+    #[error("{waiting} token revocations already wait for their record (ledger.max_pending_revocations = {cap}); this one is not kept: raise the limit, or revoke the token once its record is in the ledger")]
+    Full {
+        /// How many wait.
+        waiting: usize,
+        /// The limit.
+        cap: usize,
+    },
 }
 
 /// Errors building a key registry.

@@ -13,6 +13,16 @@
 //! bytes. At 10 M entries the slots number 2^24: 16.8 M * 33 B = 553 MB, **55 bytes an
 //! entry** (measured by `benches/src/bin/ledger_memory.rs`, see `benches/RESULTS.md`).
 //!
+//! ## Revocations that arrive before their record
+//! A token revoked by its id while the index has no record of it (revoked by `jti` before
+//! a batch import brings its record, or before the login response is captured) is kept
+//! **waiting**: id and revocation time, 20 bytes an entry, 24 to 48 bytes with the
+//! table's slack (so the default cap of [`DEFAULT_MAX_PENDING`] = 100 000 costs at most
+//! 4.8 MB). A record that arrives for a waiting id is stored revoked, and the id stops
+//! waiting. The backends drop a waiting revocation once it is older than
+//! `ledger.pending_revocation_ttl` (no token it could concern is still valid), and refuse
+//! a new one with [`LedgerError::Full`] while [`MemIndex::set_pending_cap`] ids wait.
+//!
 //! The account digest is SipHash-2-4 under a per-process random key: an attacker who
 //! holds a signing key cannot search for a second account name with the same digest
 //! without knowing the key. A digest collision between two honest accounts (2^-64 per
@@ -20,9 +30,10 @@
 //! `jti` must match as well, so it is not exploitable by itself.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use siphasher::sip::SipHasher24;
@@ -222,6 +233,8 @@ pub struct LedgerStats {
     pub revocations_total: u64,
     /// Records removed after expiry since start.
     pub swept_total: u64,
+    /// Token revocations waiting for their record (see [`MemIndex`]).
+    pub pending_revocations: u64,
 }
 
 /// What the admin API shows of one record.
@@ -271,7 +284,9 @@ pub trait Ledger: Send + Sync + 'static {
     async fn record(&self, records: Vec<Record>) -> Result<(), LedgerError>;
 
     /// Applies a revocation durably; returns how many records it marked (0 for a
-    /// key-id or an account with no known token, which still takes effect).
+    /// key-id or an account, which still take effect, and for a token with no record
+    /// yet, whose revocation waits for its record: see the module docs). A token
+    /// revocation that cannot be kept fails with [`LedgerError::Full`].
     async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError>;
 
     /// Reads one record, for the admin API.
@@ -280,9 +295,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// Counters.
     fn stats(&self) -> LedgerStats;
 
-    /// Removes records that expired before `now - grace_seconds`; returns how many.
-    /// The default removes nothing (for backends whose store expires records itself).
-    async fn sweep(&self, _now: u64, _grace_seconds: u64) -> Result<u64, LedgerError> {
+    /// Removes records that expired before `now - retention.expiry_grace`, and token
+    /// revocations that waited for their record longer than
+    /// `retention.pending_revocation_ttl`; returns how many records. The default removes
+    /// nothing (for backends whose store expires records itself).
+    async fn sweep(&self, _now: u64, _retention: Retention) -> Result<u64, LedgerError> {
         Ok(0)
     }
 
@@ -296,6 +313,21 @@ pub trait Ledger: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// How long a ledger keeps what no longer matters (`[ledger]` settings), for
+/// [`Ledger::sweep`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Records are kept this long past their expiry, seconds (`ledger.expiry_grace`).
+    pub expiry_grace: u64,
+    /// A token revocation waits this long for its record, seconds
+    /// (`ledger.pending_revocation_ttl`).
+    pub pending_revocation_ttl: u64,
+}
+
+/// Most token revocations an index keeps waiting for their record, unless configured
+/// (`ledger.max_pending_revocations`).
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
 /// Converts unix seconds to the compact form, saturating.
 #[must_use]
@@ -397,6 +429,14 @@ pub struct MemIndex {
     /// be in it. [`REVOKED_WORDS`] × 64 bits, 8 KiB; after many thousands of revocations
     /// most bits are set and confirmed tokens are asked about as they were without it.
     revoked_tokens: StickyBits,
+    /// Token revocations waiting for their record: id -> compact time of the
+    /// revocation. Changed only under the lock of the id's shard of `tokens` (an
+    /// `entry` on it), so a revocation and the record it waits for never miss each other.
+    pending: DashMap<TokenId, u32, IdHasherBuilder>,
+    /// Whether `pending` may hold anything: read before each insert.
+    any_pending: AtomicBool,
+    /// See [`MemIndex::set_pending_cap`].
+    pending_cap: AtomicUsize,
 }
 
 /// Words of [`MemIndex`]'s set of revoked token ids (65 536 bits).
@@ -450,7 +490,65 @@ impl MemIndex {
             swept_total: AtomicU64::new(0),
             revision: AtomicU64::new(NEXT_REVISION_BASE.fetch_add(1 << 32, Ordering::Relaxed)),
             revoked_tokens: StickyBits::with_words(REVOKED_WORDS),
+            pending: DashMap::with_hasher(IdHasherBuilder),
+            any_pending: AtomicBool::new(false),
+            pending_cap: AtomicUsize::new(DEFAULT_MAX_PENDING),
         }
+    }
+
+    /// Sets how many token revocations may wait for their record
+    /// (`ledger.max_pending_revocations`); past it, [`MemIndex::revoke`] refuses a token
+    /// revocation of an id with no record. Waiting ones are kept if more already wait.
+    pub fn set_pending_cap(&self, cap: usize) {
+        self.pending_cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// Whether a token revocation of `id` can be kept now: the id has a record, or
+    /// already waits, or there is room for one more to wait.
+    #[must_use]
+    pub fn can_revoke_token(&self, id: &TokenId) -> bool {
+        self.can_revoke_token_with(id, 0)
+    }
+
+    /// [`MemIndex::can_revoke_token`] with `more` revocations about to wait besides
+    /// those the index holds (a store's batch not yet applied).
+    #[must_use]
+    pub fn can_revoke_token_with(&self, id: &TokenId, more: usize) -> bool {
+        self.tokens.contains_key(id)
+            || self.pending.contains_key(id)
+            || self.pending.len() + more < self.pending_cap.load(Ordering::Relaxed)
+    }
+
+    /// The refusal of a token revocation that cannot wait for its record, with `more`
+    /// waiting besides those the index holds.
+    #[must_use]
+    pub fn pending_full(&self, more: usize) -> LedgerError {
+        LedgerError::Full {
+            waiting: self.pending.len() + more,
+            cap: self.pending_cap.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a token revocation of `id` waits for its record.
+    #[must_use]
+    pub fn is_pending(&self, id: &TokenId) -> bool {
+        self.any_pending.load(Ordering::Acquire) && self.pending.contains_key(id)
+    }
+
+    /// Waiting token revocations made before `before` (unix seconds), at most `limit`:
+    /// for the sweep, which removes them with [`MemIndex::remove_all`].
+    #[must_use]
+    pub fn stale_pending(&self, before: u64, limit: usize) -> Vec<TokenId> {
+        if !self.any_pending.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let cut = compact_time(before);
+        self.pending
+            .iter()
+            .filter(|e| *e.value() < cut)
+            .take(limit)
+            .map(|e| *e.key())
+            .collect()
     }
 
     /// A number that changes after every change that can turn an [`Answer::Issued`]
@@ -505,34 +603,55 @@ impl MemIndex {
             expires,
         };
         let mut replaced = false;
-        self.tokens
-            .entry(record.id)
-            .and_modify(|p| {
+        match self.tokens.entry(record.id) {
+            Entry::Occupied(mut e) => {
+                let p = e.get_mut();
                 let was_revoked = p.revoked();
                 replaced = *p != packed;
                 *p = packed;
                 if was_revoked {
                     p.expires |= REVOKED_BIT;
                 }
-            })
-            .or_insert(packed);
+            }
+            Entry::Vacant(e) => {
+                let mut packed = packed;
+                // Revoked before it arrived (under this id's shard lock: see `pending`).
+                if self.any_pending.load(Ordering::Acquire)
+                    && self.pending.remove(&record.id).is_some()
+                {
+                    packed.expires |= REVOKED_BIT;
+                }
+                e.insert(packed);
+            }
+        }
         if replaced {
             self.bump_revision();
         }
         self.recorded_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Applies a revocation; returns how many entries it marked.
-    pub fn revoke(&self, revocation: &Revocation) -> u64 {
-        self.revocations_total.fetch_add(1, Ordering::Relaxed);
-        match revocation {
+    /// Applies a revocation made at `now` (unix seconds); returns how many entries it
+    /// marked. A token revocation of an id with no record waits for its record (module
+    /// docs), or fails with [`LedgerError::Full`] when
+    /// [`MemIndex::set_pending_cap`] ids already wait.
+    pub fn revoke(&self, revocation: &Revocation, now: u64) -> Result<u64, LedgerError> {
+        let marked = match revocation {
             Revocation::Token(id) => {
-                let marked = match self.tokens.get_mut(id) {
-                    Some(mut p) => {
-                        p.expires |= REVOKED_BIT;
+                let marked = match self.tokens.entry(*id) {
+                    Entry::Occupied(mut e) => {
+                        e.get_mut().expires |= REVOKED_BIT;
                         1
                     }
-                    None => 0,
+                    // Held: the record cannot arrive between this check and the insert.
+                    Entry::Vacant(_) => {
+                        if !self.pending.contains_key(id)
+                            && self.pending.len() >= self.pending_cap.load(Ordering::Relaxed)
+                        {
+                            return Err(self.pending_full(0));
+                        }
+                        self.wait_for_record(*id, now);
+                        0
+                    }
                 };
                 // After its entry is marked (see `revoked_tokens`).
                 self.revoked_tokens.add(id_digest(id));
@@ -555,7 +674,29 @@ impl MemIndex {
                 self.bump_revision();
                 0
             }
+        };
+        self.revocations_total.fetch_add(1, Ordering::Relaxed);
+        Ok(marked)
+    }
+
+    /// Restores a token revocation that waited for its record when a store was closed
+    /// (made at `at`, unix seconds), whatever the cap: it was kept then.
+    pub fn restore_pending(&self, id: TokenId, at: u64) {
+        match self.tokens.entry(id) {
+            Entry::Occupied(mut e) => e.get_mut().expires |= REVOKED_BIT,
+            Entry::Vacant(_) => self.wait_for_record(id, at),
         }
+        self.revoked_tokens.add(id_digest(&id));
+    }
+
+    /// Called with the id's shard of `tokens` locked and no record in it.
+    fn wait_for_record(&self, id: TokenId, at: u64) {
+        // Set before the entry is visible, so an insert that sees the entry saw the flag.
+        self.any_pending.store(true, Ordering::Release);
+        self.pending
+            .entry(id)
+            .and_modify(|t| *t = (*t).max(compact_time(at)))
+            .or_insert(compact_time(at));
     }
 
     /// Answers a query.
@@ -607,13 +748,18 @@ impl MemIndex {
             .collect()
     }
 
-    /// Removes ids (after a sweep has removed them from the store).
+    /// Removes ids, records and waiting revocations (after a sweep has removed them from
+    /// the store).
     pub fn remove_all(&self, ids: &[TokenId]) {
         let mut removed = false;
+        let pending = self.any_pending.load(Ordering::Acquire);
         for id in ids {
             if self.tokens.remove(id).is_some() {
                 self.swept_total.fetch_add(1, Ordering::Relaxed);
                 removed = true;
+            }
+            if pending {
+                self.pending.remove(id);
             }
         }
         if removed {
@@ -629,6 +775,11 @@ impl MemIndex {
             recorded_total: self.recorded_total.load(Ordering::Relaxed),
             revocations_total: self.revocations_total.load(Ordering::Relaxed),
             swept_total: self.swept_total.load(Ordering::Relaxed),
+            pending_revocations: if self.any_pending.load(Ordering::Acquire) {
+                self.pending.len() as u64
+            } else {
+                0
+            },
         }
     }
 }
@@ -686,20 +837,26 @@ mod tests {
         idx.insert(&rec("a1", "alice", t0));
         idx.insert(&rec("a2", "alice", t0 + 100));
         idx.insert(&rec("b1", "bob", t0));
-        assert_eq!(idx.revoke(&Revocation::Token(TokenId::from_jti("b1"))), 1);
+        assert_eq!(
+            idx.revoke(&Revocation::Token(TokenId::from_jti("b1")), t0),
+            Ok(1)
+        );
         assert_eq!(idx.answer(&q("b1", "bob")), Answer::RevokedToken);
         // Re-recording a revoked token does not resurrect it.
         idx.insert(&rec("b1", "bob", t0));
         assert_eq!(idx.answer(&q("b1", "bob")), Answer::RevokedToken);
 
-        let _ = idx.revoke(&Revocation::Account {
-            account: "alice".into(),
-            at: t0 + 50,
-        });
+        let _ = idx.revoke(
+            &Revocation::Account {
+                account: "alice".into(),
+                at: t0 + 50,
+            },
+            t0,
+        );
         assert_eq!(idx.answer(&q("a1", "alice")), Answer::RevokedToken);
         assert_eq!(idx.answer(&q("a2", "alice")), Answer::Issued);
 
-        let _ = idx.revoke(&Revocation::Kid("k1".into()));
+        let _ = idx.revoke(&Revocation::Kid("k1".into()), t0);
         assert_eq!(idx.answer(&q("a2", "alice")), Answer::RevokedKey);
     }
 
@@ -718,7 +875,7 @@ mod tests {
         idx.insert(&rec("c1", "carol", t0));
         assert_eq!(idx.revision(), r0);
         // A token revocation: that token asks again, the others do not.
-        let _ = idx.revoke(&Revocation::Token(id("b1")));
+        let _ = idx.revoke(&Revocation::Token(id("b1")), t0);
         assert_eq!(idx.revision(), r0);
         assert!(!idx.still_issued(r0, &id("b1")));
         assert!(idx.still_issued(r0, &id("a1")));
@@ -726,13 +883,16 @@ mod tests {
         let mut last = r0;
         let changes: [&dyn Fn(); 4] = [
             &|| {
-                let _ = idx.revoke(&Revocation::Account {
-                    account: "alice".into(),
-                    at: t0,
-                });
+                let _ = idx.revoke(
+                    &Revocation::Account {
+                        account: "alice".into(),
+                        at: t0,
+                    },
+                    t0,
+                );
             },
             &|| {
-                let _ = idx.revoke(&Revocation::Kid("k1".into()));
+                let _ = idx.revoke(&Revocation::Kid("k1".into()), t0);
             },
             &|| idx.remove_all(&[id("c1")]),
             &|| idx.insert(&rec("a1", "alice", t0 + 5)),
@@ -750,6 +910,101 @@ mod tests {
         assert_eq!(idx.revision(), last);
         // Two indexes never share a revision (fleet mode replaces its index).
         assert_ne!(MemIndex::new().revision(), MemIndex::new().revision());
+    }
+
+    /// A token revoked before its record arrives is recorded revoked; the waiting set is
+    /// capped, swept by age, and counted.
+    #[test]
+    fn a_revocation_waits_for_its_record() {
+        let idx = MemIndex::new();
+        let t0 = EPOCH_BASE + 1000;
+        let id = |jti: &str| TokenId::from_jti(jti);
+        let r0 = idx.revision();
+        assert_eq!(idx.revoke(&Revocation::Token(id("early")), t0), Ok(0));
+        assert!(idx.is_pending(&id("early")));
+        assert_eq!(idx.stats().pending_revocations, 1);
+        assert_eq!(idx.stale_pending(t0 + 1, 10), vec![id("early")]);
+        // Revoking it again keeps one entry, and its wait starts again.
+        assert_eq!(idx.revoke(&Revocation::Token(id("early")), t0 + 50), Ok(0));
+        assert_eq!(idx.stats().pending_revocations, 1);
+        assert_eq!(idx.stale_pending(t0 + 1, 10), vec![]);
+        assert_eq!(idx.stale_pending(t0 + 51, 10), vec![id("early")]);
+        idx.insert(&rec("early", "alice", t0 + 10));
+        assert_eq!(idx.answer(&q("early", "alice")), Answer::RevokedToken);
+        assert!(idx.get(&id("early")).is_some_and(|p| p.revoked()));
+        assert!(!idx.is_pending(&id("early")));
+        assert_eq!(idx.stats().pending_revocations, 0);
+        assert!(!idx.still_issued(r0, &id("early")));
+        // Other records are untouched by it.
+        idx.insert(&rec("other", "alice", t0 + 10));
+        assert_eq!(idx.answer(&q("other", "alice")), Answer::Issued);
+
+        // The cap: a full set refuses a new id, takes one that has a record or waits.
+        idx.set_pending_cap(2);
+        assert_eq!(idx.revoke(&Revocation::Token(id("w1")), t0), Ok(0));
+        assert_eq!(idx.revoke(&Revocation::Token(id("w2")), t0 + 100), Ok(0));
+        assert!(!idx.can_revoke_token(&id("w3")));
+        assert_eq!(
+            idx.revoke(&Revocation::Token(id("w3")), t0),
+            Err(LedgerError::Full { waiting: 2, cap: 2 })
+        );
+        assert!(!idx.is_pending(&id("w3")));
+        idx.insert(&rec("w3", "bob", t0));
+        assert_eq!(
+            idx.answer(&q("w3", "bob")),
+            Answer::Issued,
+            "refused, so not kept"
+        );
+        assert!(idx.can_revoke_token(&id("w2")) && idx.can_revoke_token(&id("other")));
+        assert_eq!(idx.revoke(&Revocation::Token(id("w2")), t0 + 100), Ok(0));
+        assert_eq!(idx.revoke(&Revocation::Token(id("other")), t0), Ok(1));
+        // Account and key revocations never wait.
+        let _ = idx.revoke(&Revocation::Kid("k2".into()), t0);
+        assert_eq!(idx.stats().pending_revocations, 2);
+
+        // The sweep takes those made before its cut, and they no longer wait.
+        assert_eq!(idx.stale_pending(t0 + 1, 10), vec![id("w1")]);
+        assert_eq!(idx.stale_pending(t0 + 101, 1).len(), 1, "at most the limit");
+        let mut stale = idx.stale_pending(t0 + 101, 10);
+        stale.sort();
+        let mut both = vec![id("w1"), id("w2")];
+        both.sort();
+        assert_eq!(stale, both);
+        idx.remove_all(&stale);
+        assert_eq!(idx.stats().pending_revocations, 0);
+        assert_eq!(idx.stats().entries, 3, "no record removed");
+        idx.insert(&rec("w1", "carol", t0));
+        assert_eq!(idx.answer(&q("w1", "carol")), Answer::Issued);
+
+        // Restored from a store, past the cap.
+        idx.set_pending_cap(0);
+        idx.restore_pending(id("kept"), t0);
+        assert!(idx.is_pending(&id("kept")));
+        idx.insert(&rec("kept", "dan", t0));
+        assert_eq!(idx.answer(&q("kept", "dan")), Answer::RevokedToken);
+    }
+
+    /// A revocation and its record racing on many threads: the record always ends up
+    /// revoked, whichever lands first.
+    #[test]
+    fn a_revocation_and_its_record_never_miss_each_other() {
+        let t0 = EPOCH_BASE + 1000;
+        for round in 0..200 {
+            let idx = MemIndex::new();
+            let jti = format!("race{round}");
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let _ = idx.revoke(&Revocation::Token(TokenId::from_jti(&jti)), t0);
+                });
+                s.spawn(|| idx.insert(&rec(&jti, "alice", t0)));
+            });
+            assert_eq!(
+                idx.answer(&q(&jti, "alice")),
+                Answer::RevokedToken,
+                "round {round}"
+            );
+            assert_eq!(idx.stats().pending_revocations, 0, "round {round}");
+        }
     }
 
     #[test]

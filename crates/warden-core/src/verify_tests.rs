@@ -395,14 +395,17 @@ fn confirmed_tokens_carry_the_revision_they_were_confirmed_at() {
     assert_eq!(c.confirmed_revision(), Some(index.revision()));
     assert_eq!(request(), (Reason::Ok, true), "same revision: not asked");
     // An unrelated change of revision: asked once, stamped again, then skipped.
-    let _ = index.revoke(&Revocation::Account {
-        account: "somebody-else".into(),
-        at: NOW,
-    });
+    let _ = index.revoke(
+        &Revocation::Account {
+            account: "somebody-else".into(),
+            at: NOW,
+        },
+        NOW,
+    );
     assert_eq!(request(), (Reason::Ok, false));
     assert_eq!(request(), (Reason::Ok, true));
     // Its own revocation: asked, and refused from then on.
-    let _ = index.revoke(&Revocation::Token(c.verified.id));
+    let _ = index.revoke(&Revocation::Token(c.verified.id), NOW);
     assert_eq!(request(), (Reason::RevokedToken, false));
     assert_eq!(request(), (Reason::RevokedToken, false));
     // Without revisions (`conclude`), nothing is stamped: a new verifier asks each time.

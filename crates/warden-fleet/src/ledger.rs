@@ -8,16 +8,36 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use warden_core::ledger::{
-    Answer, Ledger, LedgerStats, MemIndex, Query, Record, RecordView, Revocation, TokenId,
+    Answer, Ledger, LedgerStats, MemIndex, Query, Record, RecordView, Retention, Revocation,
+    TokenId,
 };
 use warden_core::LedgerError;
 use warden_metrics::FleetOp;
 
 use crate::{now_ms, Inner};
 
-/// Marks a record revoked if it exists; returns 1 if it did.
-const REVOKE_TOKEN: &str =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'r', '1') return 1 else return 0 end";
+/// Marks a record revoked and returns 1; without a record, keeps the revocation waiting
+/// for it (`r` alone in the record's hash, with a time to live, and the id in the
+/// waiting set, first trimmed by age) and returns 0, or returns `-1 - waiting` when as
+/// many wait as allowed. Appends the revocation to the stream unless refused, so that
+/// no node applies a refused one.
+/// KEYS: record, waiting set, stream. ARGV: token id, now (s), time to live (s), cap,
+/// stream max length, node, instance.
+const REVOKE_TOKEN: &str = "\
+local marked = 0 \
+if redis.call('HEXISTS', KEYS[1], 'a') == 1 then \
+  redis.call('HSET', KEYS[1], 'r', '1') marked = 1 \
+else \
+  local now = tonumber(ARGV[2]) local ttl = tonumber(ARGV[3]) \
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - ttl)) \
+  local n = redis.call('ZCARD', KEYS[2]) \
+  if not redis.call('ZSCORE', KEYS[2], ARGV[1]) and n >= tonumber(ARGV[4]) then return -1 - n end \
+  redis.call('HSET', KEYS[1], 'r', '1') \
+  redis.call('EXPIRE', KEYS[1], math.max(ttl, 1)) \
+  redis.call('ZADD', KEYS[2], now, ARGV[1]) \
+end \
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'n', ARGV[6], 'i', ARGV[7], 'k', 'rt', 'id', ARGV[1]) \
+return marked";
 /// Raises an account's revocation cut-off (never lowers it).
 const REVOKE_ACCOUNT: &str = "local c = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
      if tonumber(ARGV[2]) > c then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
@@ -53,8 +73,8 @@ fn unavailable(e: String) -> LedgerError {
 impl RedisLedger {
     pub(crate) fn new(inner: Arc<Inner>) -> Self {
         Self {
+            index: ArcSwap::from_pointee(Self::new_index(&inner)),
             inner,
-            index: ArcSwap::from_pointee(MemIndex::new()),
             recent_revoked: DashMap::new(),
             absent: DashMap::new(),
             absent_swept_ms: AtomicU64::new(0),
@@ -86,12 +106,22 @@ impl RedisLedger {
     }
 
     /// Applies a revocation to this node's index and recently-revoked set (the
-    /// verifier's caches: [`RedisLedger::forget_cached`]).
+    /// verifier's caches: [`RedisLedger::forget_cached`]). A token revocation waiting for
+    /// its record that the index has no room for is kept in Redis all the same, where
+    /// the record's writer and readers find it.
     pub(crate) fn apply_index(&self, r: &Revocation) -> u64 {
+        let now = now_ms() / 1000;
         if let Revocation::Token(id) = r {
-            self.recent_revoked.insert(*id, now_ms() / 1000);
+            self.recent_revoked.insert(*id, now);
         }
-        self.index.load().revoke(r)
+        self.index.load().revoke(r, now).unwrap_or(0)
+    }
+
+    /// A new, empty local index, holding as many waiting revocations as configured.
+    fn new_index(inner: &Inner) -> MemIndex {
+        let index = MemIndex::new();
+        index.set_pending_cap(inner.max_pending_revocations);
+        index
     }
 
     /// Drops the tokens these revocations cover from the verifier's caches, in one walk.
@@ -101,12 +131,13 @@ impl RedisLedger {
 
     /// Replaces the index with an empty one (it refills from Redis on lookups).
     pub(crate) fn reset_index(&self) {
-        self.index.store(Arc::new(MemIndex::new()));
+        self.index.store(Arc::new(Self::new_index(&self.inner)));
     }
 
-    /// A record's fields as stored, or `None` if Redis has none.
+    /// A record's fields as stored, or `None` if Redis has none (nothing, or only a
+    /// revocation waiting for the record).
     fn parse(id: TokenId, h: &HashMap<String, String>) -> Result<Option<RecordView>, LedgerError> {
-        if h.is_empty() {
+        if h.keys().all(|k| k == "r") {
             return Ok(None);
         }
         let bad = |what: &str| {
@@ -259,25 +290,53 @@ impl Ledger for RedisLedger {
                 .arg(&key)
                 .arg(r.expires_at.saturating_add(self.inner.expiry_grace))
                 .ignore();
+            // Revoked already: before it arrived (a waiting revocation), or earlier.
+            pipe.cmd("HGET").arg(&key).arg("r");
         }
         let mut conn = self.inner.conn.clone();
         let written = self
             .inner
-            .timed("MULTI/EXEC", pipe.query_async::<()>(&mut conn))
+            .timed(
+                "MULTI/EXEC",
+                pipe.query_async::<Vec<Option<String>>>(&mut conn),
+            )
             .await;
         let written = match written {
-            Ok(()) => self.replicas(&mut conn).await,
+            Ok(flags) => self.replicas(&mut conn).await.map(|()| flags),
             Err(e) => Err(unavailable(e)),
         };
-        if let Err(e) = written {
-            self.inner.failed(FleetOp::Record, &e);
-            return Err(e);
-        }
+        let flags = match written {
+            Ok(flags) => flags,
+            Err(e) => {
+                self.inner.failed(FleetOp::Record, &e);
+                return Err(e);
+            }
+        };
         self.inner.ok();
         let index = self.index.load();
-        for r in &records {
-            index.insert_with(r, self.recent_revoked.contains_key(&r.id));
+        let mut waited = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let stored = flags.get(i).is_some_and(|f| f.as_deref() == Some("1"));
+            if stored {
+                waited.push(r.id.to_hex());
+            }
+            index.insert_with(r, stored || self.recent_revoked.contains_key(&r.id));
             self.absent.remove(&r.id);
+        }
+        if !waited.is_empty() {
+            // No longer waiting; if this fails they leave the set when they age out.
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(self.inner.keys.pending()).arg(&waited);
+            if let Err(e) = self
+                .inner
+                .timed("ZREM", zrem.query_async::<()>(&mut conn))
+                .await
+            {
+                log::warn!(
+                    "fleet: {e}; {} waiting revocations stay counted until they age out",
+                    waited.len()
+                );
+            }
         }
         Ok(())
     }
@@ -289,9 +348,17 @@ impl Ledger for RedisLedger {
             Revocation::Token(id) => {
                 pipe.cmd("EVAL")
                     .arg(REVOKE_TOKEN)
-                    .arg(1)
-                    .arg(self.inner.keys.tok(id));
-                self.xadd(&mut pipe, &[("k", "rt".into()), ("id", id.to_hex())]);
+                    .arg(3)
+                    .arg(self.inner.keys.tok(id))
+                    .arg(self.inner.keys.pending())
+                    .arg(self.inner.keys.stream())
+                    .arg(id.to_hex())
+                    .arg(now_ms() / 1000)
+                    .arg(self.inner.pending_revocation_ttl)
+                    .arg(self.inner.max_pending_revocations)
+                    .arg(self.inner.cfg.stream_max_len)
+                    .arg(&self.inner.cfg.node)
+                    .arg(&self.inner.instance);
             }
             Revocation::Account { account, at } => {
                 pipe.cmd("EVAL")
@@ -317,7 +384,7 @@ impl Ledger for RedisLedger {
         let mut conn = self.inner.conn.clone();
         let result = self
             .inner
-            .timed("MULTI/EXEC", pipe.query_async::<(u64,)>(&mut conn))
+            .timed("MULTI/EXEC", pipe.query_async::<(i64,)>(&mut conn))
             .await;
         let marked = match result {
             Ok((n,)) => self.replicas(&mut conn).await.map(|()| n),
@@ -331,6 +398,13 @@ impl Ledger for RedisLedger {
             }
         };
         self.inner.ok();
+        // Refused by the script: nothing was changed or announced.
+        let Ok(marked) = u64::try_from(marked) else {
+            return Err(LedgerError::Full {
+                waiting: usize::try_from(-1 - marked).unwrap_or(usize::MAX),
+                cap: self.inner.max_pending_revocations,
+            });
+        };
         let local = self.apply_index(&revocation);
         self.forget_cached(std::slice::from_ref(&revocation));
         Ok(match revocation {
@@ -347,17 +421,26 @@ impl Ledger for RedisLedger {
         self.index.load().stats()
     }
 
-    /// Redis expires records itself; this drops expired entries from the local index
-    /// and forgets old entries of the recently-revoked set.
-    async fn sweep(&self, now: u64, grace_seconds: u64) -> Result<u64, LedgerError> {
+    /// Redis expires records itself; this drops expired entries and revocations that
+    /// waited too long from the local index, and forgets old entries of the
+    /// recently-revoked set.
+    async fn sweep(&self, now: u64, retention: Retention) -> Result<u64, LedgerError> {
         let index = self.index.load();
         let mut total = 0u64;
         loop {
-            let ids = index.expired(now.saturating_sub(grace_seconds), 10_000);
+            let ids = index.expired(now.saturating_sub(retention.expiry_grace), 10_000);
             if ids.is_empty() {
                 break;
             }
             total += ids.len() as u64;
+            index.remove_all(&ids);
+        }
+        loop {
+            let ids =
+                index.stale_pending(now.saturating_sub(retention.pending_revocation_ttl), 10_000);
+            if ids.is_empty() {
+                break;
+            }
             index.remove_all(&ids);
         }
         self.recent_revoked
@@ -395,5 +478,8 @@ mod tests {
             RedisLedger::parse(id, &HashMap::new()).expect("empty"),
             None
         );
+        // A revocation waiting for its record is no record.
+        let waiting: HashMap<String, String> = [("r".to_owned(), "1".to_owned())].into();
+        assert_eq!(RedisLedger::parse(id, &waiting).expect("waiting"), None);
     }
 }

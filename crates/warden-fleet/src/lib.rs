@@ -5,6 +5,8 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `ns:tok:<token id>` | hash `a k i e [r]` | a record: account, kid, iat, exp, revoked; expires at `exp + ledger.expiry_grace` |
+//! | `ns:tok:<token id>` | hash `r` alone | a token revoked before its record arrived; expires after `ledger.pending_revocation_ttl`, or becomes the record's hash when the record is written |
+//! | `ns:revoked:pending` | sorted set token id by revocation time (unix s) | the revocations waiting for their record, to hold them to `ledger.max_pending_revocations`; trimmed by age at each token revocation |
 //! | `ns:revoked:accounts` | hash account → cut-off | account revocations |
 //! | `ns:revoked:kids` | set | key-id revocations |
 //! | `ns:bans` | hash ban id → JSON | bans in force, for nodes that start later |
@@ -156,6 +158,9 @@ impl Keys {
     pub(crate) fn kids(&self) -> String {
         format!("{}:revoked:kids", self.ns)
     }
+    pub(crate) fn pending(&self) -> String {
+        format!("{}:revoked:pending", self.ns)
+    }
     pub(crate) fn bans(&self) -> String {
         format!("{}:bans", self.ns)
     }
@@ -202,6 +207,10 @@ pub(crate) struct Inner {
     pub health: Health,
     /// Seconds a record is kept past its expiry.
     pub expiry_grace: u64,
+    /// `ledger.pending_revocation_ttl` in seconds.
+    pub pending_revocation_ttl: u64,
+    /// `ledger.max_pending_revocations`.
+    pub max_pending_revocations: usize,
     /// `ledger.issuance_window` in seconds: tokens issued more recently than this may be
     /// waited for, so their absence from Redis is never remembered.
     pub issuance_window: u64,
@@ -332,6 +341,8 @@ impl FleetNode {
             verifier,
             health: Health::default(),
             expiry_grace: ledger_cfg.expiry_grace.as_secs(),
+            pending_revocation_ttl: ledger_cfg.pending_revocation_ttl.as_secs(),
+            max_pending_revocations: ledger_cfg.max_pending_revocations,
             issuance_window: ledger_cfg.issuance_window.as_secs(),
         });
         Ok(Self {

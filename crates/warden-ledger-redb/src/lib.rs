@@ -29,6 +29,12 @@
 //!   follows into its index: a token issued through the new process and used at once
 //!   through the old one (both accept connections for pingora's 5 s) is known there
 //!   too, and a revocation made through the new one applies in both.
+//! * **A token revoked before its record arrives** (by `jti`, before a batch import
+//!   brings the record) waits for it in a table of its own (`pending_revocations`: id ->
+//!   time of the revocation), loaded at start like the records. The transaction that
+//!   stores the record takes the id out of that table and stores the record revoked. The
+//!   sweep drops a waiting revocation after `ledger.pending_revocation_ttl`; at most
+//!   `ledger.max_pending_revocations` wait (see [`MemIndex`]'s docs for their memory).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -46,13 +52,16 @@ use futures_channel::oneshot;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use thiserror::Error;
 use warden_core::ledger::{
-    Answer, Ledger, LedgerStats, MemIndex, Query, Record, RecordView, Revocation, TokenId,
+    Answer, Ledger, LedgerStats, MemIndex, Query, Record, RecordView, Retention, Revocation,
+    TokenId,
 };
 use warden_core::LedgerError;
 
 const TOKENS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tokens");
 const REVOKED_ACCOUNTS: TableDefinition<&str, u64> = TableDefinition::new("revoked_accounts");
 const REVOKED_KIDS: TableDefinition<&str, u64> = TableDefinition::new("revoked_kids");
+/// Token revocations waiting for their record: id -> unix seconds of the revocation.
+const PENDING: TableDefinition<[u8; 16], u64> = TableDefinition::new("pending_revocations");
 
 /// Most requests one group commit takes.
 const MAX_BATCH_OPS: usize = 4096;
@@ -127,7 +136,9 @@ type Ack = oneshot::Sender<Result<u64, LedgerError>>;
 
 enum Op {
     Record(Vec<Record>, Ack),
-    Revoke(Revocation, Ack),
+    /// A revocation and when it was made (unix seconds).
+    Revoke(Revocation, u64, Ack),
+    /// Records, and revocations waiting for a record, to remove.
     Delete(Vec<TokenId>, Ack),
 }
 
@@ -240,6 +251,7 @@ impl EmbeddedLedger {
             w.open_table(REVOKED_ACCOUNTS)
                 .map_err(|e| db_err(path, e))?;
             w.open_table(REVOKED_KIDS).map_err(|e| db_err(path, e))?;
+            w.open_table(PENDING).map_err(|e| db_err(path, e))?;
         }
         w.commit().map_err(|e| db_err(path, e))?;
         let index = Arc::new(MemIndex::new());
@@ -480,7 +492,7 @@ impl Ledger for EmbeddedLedger {
 
     async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError> {
         let (ack, done) = oneshot::channel();
-        self.submit(Op::Revoke(revocation, ack), done)
+        self.submit(Op::Revoke(revocation, unix_now(), ack), done)
             .await
             .unwrap_or_else(|_| Err(handed_over_error("revoke")))
     }
@@ -510,10 +522,15 @@ impl Ledger for EmbeddedLedger {
         self.index.stats()
     }
 
-    async fn sweep(&self, now: u64, grace_seconds: u64) -> Result<u64, LedgerError> {
-        let ids = self
-            .index
-            .expired(now.saturating_sub(grace_seconds), MAX_BATCH_OPS * 16);
+    async fn sweep(&self, now: u64, retention: Retention) -> Result<u64, LedgerError> {
+        let mut ids = self.index.expired(
+            now.saturating_sub(retention.expiry_grace),
+            MAX_BATCH_OPS * 16,
+        );
+        ids.extend(self.index.stale_pending(
+            now.saturating_sub(retention.pending_revocation_ttl),
+            MAX_BATCH_OPS * 16,
+        ));
         if ids.is_empty() {
             return Ok(0);
         }
@@ -599,13 +616,13 @@ impl Ledger for EmbeddedLedger {
 
 /// Appends a committed batch to the mirror a draining old process follows (no fsync:
 /// the store has the data; the mirror only feeds the old process's memory).
-fn mirror_batch(handback: &Mutex<Option<std::fs::File>>, batch: &[Op]) {
+fn mirror_batch(handback: &Mutex<Option<std::fs::File>>, batch: &[Op], counts: &Counts) {
     let mut g = handback
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(f) = g.as_mut() else { return };
     let mut lines = String::new();
-    for op in batch {
+    for (op, _) in batch.iter().zip(counts).filter(|(_, c)| c.is_ok()) {
         match op {
             Op::Record(records, _) => {
                 for r in records {
@@ -613,7 +630,7 @@ fn mirror_batch(handback: &Mutex<Option<std::fs::File>>, batch: &[Op]) {
                     lines.push('\n');
                 }
             }
-            Op::Revoke(rev, _) => {
+            Op::Revoke(rev, _, _) => {
                 let v = match rev {
                     Revocation::Token(id) => {
                         serde_json::json!({"revoke": "token", "token_id": id.to_hex()})
@@ -655,7 +672,7 @@ fn apply_mirror_line(line: &str, index: &MemIndex) -> Result<(), String> {
             MirrorRevocation::Account { account, at } => Revocation::Account { account, at },
             MirrorRevocation::Kid { kid } => Revocation::Kid(kid),
         };
-        let _ = index.revoke(&rev);
+        revoke_kept(index, &rev, unix_now());
     } else {
         index.insert(&parse_journal_line(line)?);
     }
@@ -842,7 +859,7 @@ impl Journal {
         let (ack, _done) = oneshot::channel();
         let n = records.len();
         let op = Op::Record(records, ack);
-        write_batch(db, std::slice::from_ref(&op)).map_err(|e| e.to_string())?;
+        write_batch(db, index, std::slice::from_ref(&op)).map_err(|e| e.to_string())?;
         let _ = apply(index, op);
         log::info!(
             "ledger hand-off journal {}: imported {n} records",
@@ -927,15 +944,23 @@ fn load(db: &Database, index: &MemIndex, path: &Path) -> Result<(), OpenError> {
         .map_err(|e| db_err(path, e))?;
     for item in accounts.iter().map_err(|e| db_err(path, e))? {
         let (k, v) = item.map_err(|e| db_err(path, e))?;
-        let _ = index.revoke(&Revocation::Account {
-            account: k.value().to_owned(),
-            at: v.value(),
-        });
+        let _ = index.revoke(
+            &Revocation::Account {
+                account: k.value().to_owned(),
+                at: v.value(),
+            },
+            0,
+        );
     }
     let kids = r.open_table(REVOKED_KIDS).map_err(|e| db_err(path, e))?;
     for item in kids.iter().map_err(|e| db_err(path, e))? {
         let (k, _) = item.map_err(|e| db_err(path, e))?;
-        let _ = index.revoke(&Revocation::Kid(k.value().to_owned()));
+        let _ = index.revoke(&Revocation::Kid(k.value().to_owned()), 0);
+    }
+    let pending = r.open_table(PENDING).map_err(|e| db_err(path, e))?;
+    for item in pending.iter().map_err(|e| db_err(path, e))? {
+        let (k, at) = item.map_err(|e| db_err(path, e))?;
+        index.restore_pending(TokenId(k.value()), at.value());
     }
     Ok(())
 }
@@ -956,12 +981,16 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        match write_batch(db, &batch) {
+        match write_batch(db, index, &batch) {
             Ok(counts) => {
-                mirror_batch(handback, &batch);
+                mirror_batch(handback, &batch, &counts);
                 for (op, count) in batch.into_iter().zip(counts) {
-                    let ack = apply(index, op);
-                    let _ = ack.send(Ok(count));
+                    // A refused op changed nothing in the store: nothing to apply.
+                    let ack = match count {
+                        Ok(_) => apply(index, op),
+                        Err(_) => ack_of(op),
+                    };
+                    let _ = ack.send(count);
                 }
             }
             Err(e) => {
@@ -970,56 +999,76 @@ fn writer_loop(
                     batch.len()
                 );
                 for op in batch {
-                    let ack = match op {
-                        Op::Record(_, a) | Op::Revoke(_, a) | Op::Delete(_, a) => a,
-                    };
-                    let _ = ack.send(Err(LedgerError::Storage(e.to_string())));
+                    let _ = ack_of(op).send(Err(LedgerError::Storage(e.to_string())));
                 }
             }
         }
     }
 }
 
-/// Writes a batch in one durable transaction; returns a count per op.
-fn write_batch(db: &Database, batch: &[Op]) -> Result<Vec<u64>, redb::Error> {
+/// The answer of each op of a batch: a count, or why it was refused alone.
+type Counts = Vec<Result<u64, LedgerError>>;
+
+/// Writes a batch in one durable transaction; returns a count per op, or the refusal of
+/// an op that cannot be kept (a token revocation waiting for its record, over the cap:
+/// `index` says how many wait, and only this thread adds to them).
+fn write_batch(db: &Database, index: &MemIndex, batch: &[Op]) -> Result<Counts, redb::Error> {
     let w = db.begin_write()?;
     let mut counts = Vec::with_capacity(batch.len());
     {
         let mut tokens = w.open_table(TOKENS)?;
         let mut accounts = w.open_table(REVOKED_ACCOUNTS)?;
         let mut kids = w.open_table(REVOKED_KIDS)?;
+        let mut pending = w.open_table(PENDING)?;
+        // Ids this batch set waiting, not yet in the index.
+        let mut waiting = std::collections::HashSet::new();
         for op in batch {
             let n = match op {
                 Op::Record(records, _) => {
                     for r in records {
-                        // A token revoked earlier stays revoked if it is recorded again.
+                        // A token revoked earlier stays revoked if it is recorded again;
+                        // one revoked before its record arrives is recorded revoked.
                         let revoked = match tokens.get(r.id.0)? {
                             Some(old) => old.value().get(16) == Some(&1),
                             None => false,
                         };
-                        tokens.insert(r.id.0, encode(r, revoked).as_slice())?;
+                        let waited = pending.remove(r.id.0)?.is_some();
+                        waiting.remove(&r.id);
+                        tokens.insert(r.id.0, encode(r, revoked || waited).as_slice())?;
                     }
-                    records.len() as u64
+                    Ok(records.len() as u64)
                 }
-                Op::Revoke(Revocation::Token(id), _) => {
+                Op::Revoke(Revocation::Token(id), now, _) => {
                     let old = tokens.get(id.0)?.map(|v| v.value().to_vec());
                     match old {
                         Some(mut v) if v.len() > 16 => {
                             v[16] = 1;
                             tokens.insert(id.0, v.as_slice())?;
-                            1
+                            Ok(1)
                         }
-                        _ => 0,
+                        _ => {
+                            let prev = pending.get(id.0)?.map(|v| v.value());
+                            if prev.is_none()
+                                && !waiting.contains(id)
+                                && !index.can_revoke_token_with(id, waiting.len())
+                            {
+                                Err(index.pending_full(waiting.len()))
+                            } else {
+                                pending.insert(id.0, prev.unwrap_or(0).max(*now))?;
+                                waiting.insert(*id);
+                                Ok(0)
+                            }
+                        }
                     }
                 }
-                Op::Revoke(Revocation::Account { account, at }, _) => {
+                Op::Revoke(Revocation::Account { account, at }, _, _) => {
                     let prev = accounts.get(account.as_str())?.map(|v| v.value());
                     accounts.insert(account.as_str(), prev.unwrap_or(0).max(*at))?;
-                    0
+                    Ok(0)
                 }
-                Op::Revoke(Revocation::Kid(kid), _) => {
+                Op::Revoke(Revocation::Kid(kid), _, _) => {
                     kids.insert(kid.as_str(), 1)?;
-                    0
+                    Ok(0)
                 }
                 Op::Delete(ids, _) => {
                     let mut n = 0;
@@ -1027,8 +1076,9 @@ fn write_batch(db: &Database, batch: &[Op]) -> Result<Vec<u64>, redb::Error> {
                         if tokens.remove(id.0)?.is_some() {
                             n += 1;
                         }
+                        pending.remove(id.0)?;
                     }
-                    n
+                    Ok(n)
                 }
             };
             counts.push(n);
@@ -1036,6 +1086,29 @@ fn write_batch(db: &Database, batch: &[Op]) -> Result<Vec<u64>, redb::Error> {
     }
     w.commit()?;
     Ok(counts)
+}
+
+/// An op's acknowledgement channel.
+fn ack_of(op: Op) -> Ack {
+    match op {
+        Op::Record(_, a) | Op::Revoke(_, _, a) | Op::Delete(_, a) => a,
+    }
+}
+
+/// Applies a revocation the store has kept to an index, whatever the index's cap.
+fn revoke_kept(index: &MemIndex, rev: &Revocation, now: u64) {
+    if index.revoke(rev, now).is_err() {
+        if let Revocation::Token(id) = rev {
+            index.restore_pending(*id, now);
+        }
+    }
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Applies a committed op to the index; returns its acknowledgement channel.
@@ -1047,8 +1120,8 @@ fn apply(index: &MemIndex, op: Op) -> Ack {
             }
             ack
         }
-        Op::Revoke(rev, ack) => {
-            let _ = index.revoke(&rev);
+        Op::Revoke(rev, now, ack) => {
+            revoke_kept(index, &rev, now);
             ack
         }
         Op::Delete(ids, ack) => {

@@ -24,6 +24,124 @@ fn q<'a>(jti: &str, account: &'a str) -> Query<'a> {
 
 const T0: u64 = EPOCH_BASE + 100_000;
 
+fn keep(expiry_grace: u64, pending_revocation_ttl: u64) -> Retention {
+    Retention {
+        expiry_grace,
+        pending_revocation_ttl,
+    }
+}
+
+/// A token revoked by its id before its record arrives is recorded revoked, across
+/// restarts; the waiting revocations are capped and swept by age.
+#[test]
+fn a_token_revoked_before_its_record_is_recorded_revoked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.redb");
+    let id = TokenId::from_jti;
+    let now = unix_now();
+    {
+        let l = EmbeddedLedger::open(&path, 64).expect("open");
+        assert_eq!(block_on(l.revoke(Revocation::Token(id("early")))), Ok(0));
+        assert_eq!(block_on(l.revoke(Revocation::Token(id("late")))), Ok(0));
+        assert_eq!(l.stats().pending_revocations, 2);
+    }
+    {
+        let l = EmbeddedLedger::open(&path, 64).expect("reopen");
+        assert_eq!(l.stats().pending_revocations, 2, "kept across a restart");
+        block_on(l.record(vec![rec("early", "alice", now), rec("other", "bob", now)]))
+            .expect("record");
+        assert_eq!(
+            l.check_local(&q("early", "alice")),
+            Some(Answer::RevokedToken)
+        );
+        assert_eq!(l.check_local(&q("other", "bob")), Some(Answer::Issued));
+        assert!(
+            block_on(l.get(&id("early")))
+                .expect("get")
+                .expect("present")
+                .revoked
+        );
+        assert_eq!(l.stats().pending_revocations, 1);
+        // The cap refuses a new id, and only a new id.
+        l.index().set_pending_cap(1);
+        let e = block_on(l.revoke(Revocation::Token(id("refused")))).expect_err("full");
+        assert_eq!(e, LedgerError::Full { waiting: 1, cap: 1 });
+        assert!(
+            e.to_string().contains("ledger.max_pending_revocations = 1"),
+            "{e}"
+        );
+        assert_eq!(block_on(l.revoke(Revocation::Token(id("late")))), Ok(0));
+        assert_eq!(block_on(l.revoke(Revocation::Token(id("other")))), Ok(1));
+    }
+    {
+        let l = EmbeddedLedger::open(&path, 64).expect("reopen");
+        assert!(
+            !l.index().is_pending(&id("refused")),
+            "a refused one is not stored"
+        );
+        assert!(l.index().is_pending(&id("late")));
+        assert_eq!(
+            l.check_local(&q("early", "alice")),
+            Some(Answer::RevokedToken)
+        );
+        // Not yet stale at its TTL, then dropped from memory and disk.
+        assert_eq!(block_on(l.sweep(now, keep(3600, 3600))), Ok(0));
+        assert_eq!(l.stats().pending_revocations, 1);
+        assert_eq!(block_on(l.sweep(now + 3700, keep(3600, 3600))), Ok(0));
+        assert_eq!(l.stats().pending_revocations, 0);
+    }
+    let l = EmbeddedLedger::open(&path, 64).expect("reopen");
+    assert_eq!(l.stats().pending_revocations, 0);
+    block_on(l.record(vec![rec("late", "carol", now)])).expect("record");
+    assert_eq!(l.check_local(&q("late", "carol")), Some(Answer::Issued));
+}
+
+/// One group commit: the cap counts the revocations of the same batch.
+#[test]
+fn a_batch_counts_its_own_waiting_revocations_against_the_cap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::create(dir.path().join("l.redb")).expect("create");
+    let index = MemIndex::new();
+    index.set_pending_cap(2);
+    let revoke = |jti: &str| {
+        Op::Revoke(
+            Revocation::Token(TokenId::from_jti(jti)),
+            T0,
+            oneshot::channel().0,
+        )
+    };
+    let batch = [
+        revoke("w1"),
+        revoke("w2"),
+        revoke("w3"),
+        revoke("w1"),
+        Op::Record(vec![rec("w2", "alice", T0)], oneshot::channel().0),
+        revoke("w4"),
+    ];
+    let counts = write_batch(&db, &index, &batch).expect("commit");
+    let full = Err(LedgerError::Full { waiting: 2, cap: 2 });
+    assert_eq!(
+        counts,
+        vec![Ok(0), Ok(0), full.clone(), Ok(0), Ok(1), Ok(0)]
+    );
+    let r = db.begin_read().expect("read");
+    let pending = r.open_table(PENDING).expect("table");
+    let ids: Vec<[u8; 16]> = pending
+        .iter()
+        .expect("iter")
+        .map(|e| e.expect("row").0.value())
+        .collect();
+    let mut want = vec![TokenId::from_jti("w1").0, TokenId::from_jti("w4").0];
+    want.sort_unstable();
+    assert_eq!(ids, want, "w2 recorded revoked, w3 refused");
+    let tokens = r.open_table(TOKENS).expect("table");
+    let w2 = tokens
+        .get(TokenId::from_jti("w2").0)
+        .expect("get")
+        .expect("present");
+    assert_eq!(w2.value().get(16), Some(&1), "stored revoked");
+}
+
 #[test]
 fn records_are_visible_and_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -62,7 +180,10 @@ fn sweep_removes_expired_from_memory_and_disk() {
         let l = EmbeddedLedger::open(&path, 64).expect("open");
         block_on(l.record(vec![rec("old", "a", T0), rec("new", "a", T0 + 100_000)]))
             .expect("record");
-        assert_eq!(block_on(l.sweep(T0 + 3600 + 61, 60)).expect("sweep"), 1);
+        assert_eq!(
+            block_on(l.sweep(T0 + 3600 + 61, keep(60, 3600))).expect("sweep"),
+            1
+        );
         assert_eq!(l.stats().entries, 1);
     }
     let l = EmbeddedLedger::open(&path, 64).expect("reopen");
@@ -183,7 +304,10 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
     let e = block_on(old.revoke(Revocation::Kid("k1".into()))).expect_err("refused");
     assert!(e.to_string().contains("handed its ledger"), "{e}");
     assert!(block_on(old.get(&TokenId::from_jti("a"))).is_err());
-    assert_eq!(block_on(old.sweep(u64::MAX / 2, 0)).expect("sweep"), 0);
+    assert_eq!(
+        block_on(old.sweep(u64::MAX / 2, keep(0, 0))).expect("sweep"),
+        0
+    );
 
     // The old process exits: the journal's lock goes, the new one finishes it.
     block_on(old.record(vec![rec("d", "dave", T0)])).expect("record");

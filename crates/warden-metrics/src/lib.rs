@@ -113,6 +113,8 @@ pub struct Metrics {
     record_failures: Vec<IntCounter>,
     /// Records in the ledger index.
     pub ledger_entries: IntGauge,
+    /// Token revocations waiting for their record.
+    pub ledger_pending_revocations: IntGauge,
     /// Ledger lookups that failed or timed out.
     pub ledger_unavailable: IntCounter,
     /// Seconds a ledger lookup took when it had to be awaited.
@@ -337,6 +339,11 @@ impl Metrics {
                 &SOURCES,
             ),
             ledger_entries: gauge(&r, "warden_ledger_entries", "Records in the ledger index."),
+            ledger_pending_revocations: gauge(
+                &r,
+                "warden_ledger_pending_revocations",
+                "Token revocations waiting for their record (revoked before it was recorded).",
+            ),
             ledger_unavailable: counter(
                 &r,
                 "warden_ledger_unavailable_total",

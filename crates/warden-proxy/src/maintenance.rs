@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
+use warden_core::ledger::Retention;
 
 use crate::{unix_now, unix_now_ms, Shared};
 
@@ -85,6 +86,7 @@ impl BackgroundService for Maintenance {
                     let s = &self.shared;
                     let stats = s.ledger.stats();
                     s.metrics.ledger_entries.set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+                    s.metrics.ledger_pending_revocations.set(i64::try_from(stats.pending_revocations).unwrap_or(i64::MAX));
                     s.metrics.verify_cache_entries.set(i64::try_from(s.verifier.cache_len()).unwrap_or(i64::MAX));
                     let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
                     s.metrics.active_bans.set(gauge(s.engine.active_bans(unix_now_ms())));
@@ -94,8 +96,11 @@ impl BackgroundService for Maintenance {
                     if last_sweep.elapsed() >= settings.ledger.sweep_interval {
                         last_sweep = tokio::time::Instant::now();
                         let now = unix_now();
-                        let grace = settings.ledger.expiry_grace.as_secs();
-                        match s.ledger.sweep(now, grace).await {
+                        let retention = Retention {
+                            expiry_grace: settings.ledger.expiry_grace.as_secs(),
+                            pending_revocation_ttl: settings.ledger.pending_revocation_ttl.as_secs(),
+                        };
+                        match s.ledger.sweep(now, retention).await {
                             Ok(n) if n > 0 => log::info!("ledger sweep removed {n} expired records"),
                             Ok(_) => {}
                             Err(e) => log::warn!("ledger sweep failed: {e}"),

@@ -361,7 +361,7 @@ impl Replayer {
                     if let Some(id) = token_id {
                         match &self.provenance {
                             Provenance::Checked { .. } => {
-                                let _ = self.ledger.revoke(&Revocation::Token(id));
+                                let _ = self.ledger.revoke(&Revocation::Token(id), now_ms / 1000);
                             }
                             Provenance::Unchecked { .. } => {
                                 self.revoked.insert(id);

@@ -78,6 +78,7 @@ pub fn main(cmd: LedgerCommand) -> ExitCode {
         LedgerCommand::Stats { .. } => {
             let s = ledger.stats();
             println!("entries {}", s.entries);
+            println!("pending_revocations {}", s.pending_revocations);
             ExitCode::SUCCESS
         }
         LedgerCommand::Revoke {
@@ -96,7 +97,12 @@ pub fn main(cmd: LedgerCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let token = matches!(r, Revocation::Token(_));
             match rt.block_on(ledger.revoke(r)) {
+                Ok(0) if token => {
+                    println!("revoked (no record of this token yet: the revocation waits for it, up to ledger.pending_revocation_ttl)");
+                    ExitCode::SUCCESS
+                }
                 Ok(n) => {
                     println!("revoked ({n} records marked)");
                     ExitCode::SUCCESS

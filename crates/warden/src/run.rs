@@ -94,7 +94,11 @@ pub fn open_ledger(
             Some(w) => EmbeddedLedger::open_waiting(path, config.ledger.write_queue, w),
             None => EmbeddedLedger::open(path, config.ledger.write_queue),
         }
-        .map(Arc::new)
+        .map(|l| {
+            l.index()
+                .set_pending_cap(config.ledger.max_pending_revocations);
+            Arc::new(l)
+        })
         .map_err(|e| e.to_string()),
         Backend::Redis => Err(
             "this configuration is in fleet mode: the ledger is in Redis; record and revoke through the admin API of any node"

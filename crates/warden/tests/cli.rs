@@ -185,6 +185,19 @@ fn ledger_import_records_good_lines_and_reports_bad_ones_by_line() {
     ];
     let file = dir.path().join("issued.jsonl");
     std::fs::write(&file, lines.join("\n")).expect("write jsonl");
+    // bob's token is revoked by its jti before the batch brings its record.
+    let out = warden()
+        .args(["ledger", "revoke", "--jti", "imp-2", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("no record of this token yet: the revocation waits for it"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = warden()
         .args(["ledger", "import", "--config"])
         .arg(&config)
@@ -210,10 +223,10 @@ fn ledger_import_records_good_lines_and_reports_bad_ones_by_line() {
         .arg(&config)
         .output()
         .expect("run");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("entries 2"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    // The import took the waiting revocation (it stored bob's record revoked).
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "entries 2\npending_revocations 0"
     );
     let out = warden()
         .args(["ledger", "revoke", "--account", "bob", "--config"])
@@ -279,7 +292,7 @@ fn simulate_writes_what_check_ledger_import_and_replay_accept() {
         .expect("ledger stats");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("entries {n}")
+        format!("entries {n}\npending_revocations 0")
     );
 
     // Replay with a diff against an empty rule file, an HTML report, and a bad line.
