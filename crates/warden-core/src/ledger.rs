@@ -536,7 +536,7 @@ impl MemIndex {
     }
 
     /// Waiting token revocations made before `before` (unix seconds), at most `limit`:
-    /// for the sweep, which removes them with [`MemIndex::remove_all`].
+    /// for the sweep, which drops them with [`MemIndex::drop_stale_pending`].
     #[must_use]
     pub fn stale_pending(&self, before: u64, limit: usize) -> Vec<TokenId> {
         if !self.any_pending.load(Ordering::Acquire) {
@@ -748,18 +748,23 @@ impl MemIndex {
             .collect()
     }
 
-    /// Removes ids, records and waiting revocations (after a sweep has removed them from
-    /// the store).
+    /// Drops the waiting revocations of `ids` still made before `before` (unix seconds):
+    /// one revoked again since [`MemIndex::stale_pending`] listed it waits on, and one
+    /// whose record arrived meanwhile is no longer waiting (its record stays).
+    pub fn drop_stale_pending(&self, ids: &[TokenId], before: u64) {
+        let cut = compact_time(before);
+        for id in ids {
+            self.pending.remove_if(id, |_, at| *at < cut);
+        }
+    }
+
+    /// Removes records (after a sweep has removed them from the store).
     pub fn remove_all(&self, ids: &[TokenId]) {
         let mut removed = false;
-        let pending = self.any_pending.load(Ordering::Acquire);
         for id in ids {
             if self.tokens.remove(id).is_some() {
                 self.swept_total.fetch_add(1, Ordering::Relaxed);
                 removed = true;
-            }
-            if pending {
-                self.pending.remove(id);
             }
         }
         if removed {
@@ -970,7 +975,12 @@ mod tests {
         let mut both = vec![id("w1"), id("w2")];
         both.sort();
         assert_eq!(stale, both);
-        idx.remove_all(&stale);
+        // Between the listing and the drop, w2 is revoked again: it waits on.
+        assert_eq!(idx.revoke(&Revocation::Token(id("w2")), t0 + 200), Ok(0));
+        idx.drop_stale_pending(&stale, t0 + 101);
+        assert_eq!(idx.stats().pending_revocations, 1);
+        assert!(idx.is_pending(&id("w2")) && !idx.is_pending(&id("w1")));
+        idx.drop_stale_pending(&[id("w2")], t0 + 201);
         assert_eq!(idx.stats().pending_revocations, 0);
         assert_eq!(idx.stats().entries, 3, "no record removed");
         idx.insert(&rec("w1", "carol", t0));

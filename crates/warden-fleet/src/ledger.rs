@@ -435,13 +435,13 @@ impl Ledger for RedisLedger {
             total += ids.len() as u64;
             index.remove_all(&ids);
         }
+        let before = now.saturating_sub(retention.pending_revocation_ttl);
         loop {
-            let ids =
-                index.stale_pending(now.saturating_sub(retention.pending_revocation_ttl), 10_000);
+            let ids = index.stale_pending(before, 10_000);
             if ids.is_empty() {
                 break;
             }
-            index.remove_all(&ids);
+            index.drop_stale_pending(&ids, before);
         }
         self.recent_revoked
             .retain(|_, at| now.saturating_sub(*at) < RECENT_REVOKED_SECONDS);

@@ -138,8 +138,10 @@ enum Op {
     Record(Vec<Record>, Ack),
     /// A revocation and when it was made (unix seconds).
     Revoke(Revocation, u64, Ack),
-    /// Records, and revocations waiting for a record, to remove.
+    /// Expired records to remove.
     Delete(Vec<TokenId>, Ack),
+    /// Waiting token revocations to drop if still made before the time (unix seconds).
+    DropPending(Vec<TokenId>, u64, Ack),
 }
 
 /// Bytes of page cache redb may keep for the store.
@@ -523,19 +525,23 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn sweep(&self, now: u64, retention: Retention) -> Result<u64, LedgerError> {
-        let mut ids = self.index.expired(
+        let before = now.saturating_sub(retention.pending_revocation_ttl);
+        let stale = self.index.stale_pending(before, MAX_BATCH_OPS * 16);
+        if !stale.is_empty() {
+            let (ack, done) = oneshot::channel();
+            // After the hand-over the new process sweeps.
+            self.submit(Op::DropPending(stale, before, ack), done)
+                .await
+                .unwrap_or(Ok(0))?;
+        }
+        let ids = self.index.expired(
             now.saturating_sub(retention.expiry_grace),
             MAX_BATCH_OPS * 16,
         );
-        ids.extend(self.index.stale_pending(
-            now.saturating_sub(retention.pending_revocation_ttl),
-            MAX_BATCH_OPS * 16,
-        ));
         if ids.is_empty() {
             return Ok(0);
         }
         let (ack, done) = oneshot::channel();
-        // After the hand-over the new process sweeps.
         self.submit(Op::Delete(ids, ack), done)
             .await
             .unwrap_or(Ok(0))
@@ -643,7 +649,7 @@ fn mirror_batch(handback: &Mutex<Option<std::fs::File>>, batch: &[Op], counts: &
                 lines.push_str(&v.to_string());
                 lines.push('\n');
             }
-            Op::Delete(..) => {}
+            Op::Delete(..) | Op::DropPending(..) => {}
         }
     }
     if lines.is_empty() {
@@ -1076,9 +1082,18 @@ fn write_batch(db: &Database, index: &MemIndex, batch: &[Op]) -> Result<Counts, 
                         if tokens.remove(id.0)?.is_some() {
                             n += 1;
                         }
-                        pending.remove(id.0)?;
                     }
                     Ok(n)
+                }
+                Op::DropPending(ids, before, _) => {
+                    for id in ids {
+                        // Revoked again since it was listed: it waits on.
+                        let at = pending.get(id.0)?.map(|v| v.value());
+                        if at.is_some_and(|at| at < *before) {
+                            pending.remove(id.0)?;
+                        }
+                    }
+                    Ok(0)
                 }
             };
             counts.push(n);
@@ -1091,7 +1106,7 @@ fn write_batch(db: &Database, index: &MemIndex, batch: &[Op]) -> Result<Counts, 
 /// An op's acknowledgement channel.
 fn ack_of(op: Op) -> Ack {
     match op {
-        Op::Record(_, a) | Op::Revoke(_, _, a) | Op::Delete(_, a) => a,
+        Op::Record(_, a) | Op::Revoke(_, _, a) | Op::Delete(_, a) | Op::DropPending(_, _, a) => a,
     }
 }
 
@@ -1126,6 +1141,10 @@ fn apply(index: &MemIndex, op: Op) -> Ack {
         }
         Op::Delete(ids, ack) => {
             index.remove_all(&ids);
+            ack
+        }
+        Op::DropPending(ids, before, ack) => {
+            index.drop_stale_pending(&ids, before);
             ack
         }
     }

@@ -96,6 +96,53 @@ fn a_token_revoked_before_its_record_is_recorded_revoked() {
     assert_eq!(l.check_local(&q("late", "carol")), Some(Answer::Issued));
 }
 
+/// The sweep lists stale waiting revocations, then drops them in a later commit: a
+/// record that arrived in between stays (revoked), and a revocation made again in
+/// between waits on.
+#[test]
+fn the_sweep_drops_only_what_is_still_stale_and_never_a_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::create(dir.path().join("l.redb")).expect("create");
+    let index = MemIndex::new();
+    let ack = || oneshot::channel().0;
+    let id = TokenId::from_jti;
+    let commit = |batch: Vec<Op>| {
+        let counts = write_batch(&db, &index, &batch).expect("commit");
+        for (op, c) in batch.into_iter().zip(counts) {
+            assert!(c.is_ok(), "{c:?}");
+            let _ = apply(&index, op);
+        }
+    };
+    commit(vec![
+        Op::Revoke(Revocation::Token(id("recorded")), T0, ack()),
+        Op::Revoke(Revocation::Token(id("again")), T0, ack()),
+        Op::Revoke(Revocation::Token(id("stale")), T0, ack()),
+    ]);
+    let listed = index.stale_pending(T0 + 10, 10);
+    assert_eq!(listed.len(), 3);
+    // Meanwhile: one record arrives, one revocation is made again.
+    commit(vec![
+        Op::Record(vec![rec("recorded", "alice", T0)], ack()),
+        Op::Revoke(Revocation::Token(id("again")), T0 + 20, ack()),
+    ]);
+    commit(vec![Op::DropPending(listed, T0 + 10, ack())]);
+    assert_eq!(index.answer(&q("recorded", "alice")), Answer::RevokedToken);
+    assert!(index.is_pending(&id("again")) && !index.is_pending(&id("stale")));
+    let r = db.begin_read().expect("read");
+    let tokens = r.open_table(TOKENS).expect("table");
+    assert!(
+        tokens.get(id("recorded").0).expect("get").is_some(),
+        "record kept"
+    );
+    let pending = r.open_table(PENDING).expect("table");
+    let left: Vec<[u8; 16]> = pending
+        .iter()
+        .expect("iter")
+        .map(|e| e.expect("row").0.value())
+        .collect();
+    assert_eq!(left, vec![id("again").0]);
+}
+
 /// One group commit: the cap counts the revocations of the same batch.
 #[test]
 fn a_batch_counts_its_own_waiting_revocations_against_the_cap() {
