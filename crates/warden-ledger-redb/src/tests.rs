@@ -347,6 +347,29 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
             && old.check_local(&q("a", "alice")) == Some(Answer::RevokedToken)),
         "the old ledger did not follow the new one's commits"
     );
+    // A token revoked through the new one before its record exists, whose record then
+    // reaches the old one (a login it still serves): refused by both.
+    assert_eq!(
+        block_on(new.revoke(Revocation::Token(TokenId::from_jti("w")))),
+        Ok(0)
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || old
+            .index()
+            .is_pending(&TokenId::from_jti("w"))),
+        "the old ledger did not follow the waiting revocation"
+    );
+    block_on(old.record(vec![rec("w", "wendy", T0)])).expect("record");
+    assert_eq!(
+        old.check_local(&q("w", "wendy")),
+        Some(Answer::RevokedToken)
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || new.check_local(&q("w", "wendy"))
+            == Some(Answer::RevokedToken)),
+        "the new ledger imported the record unrevoked, or not at all"
+    );
+    assert_eq!(new.stats().pending_revocations, 0);
     // Writes the journal cannot carry are refused with a reason, not dropped.
     let e = block_on(old.revoke(Revocation::Kid("k1".into()))).expect_err("refused");
     assert!(e.to_string().contains("handed its ledger"), "{e}");
@@ -375,7 +398,12 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
         again.check_local(&q("a", "alice")),
         Some(Answer::RevokedToken)
     );
-    assert_eq!(again.stats().entries, 5);
+    assert_eq!(
+        again.check_local(&q("w", "wendy")),
+        Some(Answer::RevokedToken)
+    );
+    assert_eq!(again.stats().pending_revocations, 0);
+    assert_eq!(again.stats().entries, 6);
 }
 
 #[test]
