@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use warden_core::fixtures::SampleKey;
-use warden_e2e::{free_port, kid, now, request, token, wait_for, Redis, Upstream, Warden};
+use warden_e2e::{
+    free_port, kid, now, request, token, wait_for, Redis, Response, Upstream, Warden,
+};
 
 /// The fleet's shared secret, written next to each node's config.
 const FLEET_KEY: &str = "fleet-test-key-0123456789abcdef";
@@ -49,17 +51,28 @@ fn two_nodes(
     rules: &str,
     ns: &str,
 ) -> (Warden, Warden, tempfile::TempDir) {
+    two_nodes_with(redis, up, rules, LEDGER, ns)
+}
+
+/// [`two_nodes`] with these `[ledger]` lines.
+fn two_nodes_with(
+    redis: &Redis,
+    up: &Upstream,
+    rules: &str,
+    ledger: &str,
+    ns: &str,
+) -> (Warden, Warden, tempfile::TempDir) {
     let keys = tempfile::tempdir().expect("tempdir");
     let a = Warden::start_with_rules_and_ledger_to(
         up.addr,
         rules,
-        LEDGER,
+        ledger,
         &fleet_extra(redis, "a", ns, keys.path()),
     );
     let b = Warden::start_with_rules_and_ledger_to(
         up.addr,
         rules,
-        LEDGER,
+        ledger,
         &fleet_extra(redis, "b", ns, keys.path()),
     );
     (a, b, keys)
@@ -78,12 +91,17 @@ fn within_a_second(f: impl FnMut() -> bool) -> bool {
 
 /// Revokes one token through `w`'s admin API.
 fn revoke_token(w: &Warden, t: &str) {
-    let r = w.admin(
+    let r = revoke_answer(w, t);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// The admin API's answer to revoking one token through `w`.
+fn revoke_answer(w: &Warden, t: &str) -> Response {
+    w.admin(
         "POST",
         "/ledger/revoke",
         &serde_json::json!({"token": t}).to_string(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    )
 }
 
 /// Bans a client address through `w`'s admin API, for `ttl`.
@@ -232,35 +250,19 @@ ban_for = "1h"
 fn a_token_revoked_before_its_record_is_refused_on_every_node_once_recorded() {
     let redis = Redis::start();
     let up = Upstream::start(kid::ACTIVE);
-    let keys = tempfile::tempdir().expect("tempdir");
     let ledger = format!("{LEDGER}\nmax_pending_revocations = 2");
-    let node = |name: &str| {
-        Warden::start_with_rules_and_ledger_to(
-            up.addr,
-            "",
-            &ledger,
-            &fleet_extra(&redis, name, "pend", keys.path()),
-        )
-    };
-    let (mut a, b) = (node("a"), node("b"));
+    let (mut a, b, _keys) = two_nodes_with(&redis, &up, "", &ledger, "pend");
     let t = now() - 30;
     let tok = |account: &str| token(SampleKey::RsA, kid::ACTIVE, account, t);
     let (stolen, other, third) = (tok("dave"), tok("erin"), tok("frank"));
-    let revoke = |w: &Warden, t: &str| {
-        w.admin(
-            "POST",
-            "/ledger/revoke",
-            &serde_json::json!({"token": t}).to_string(),
-        )
-    };
     for (w, t) in [(&a, &stolen), (&b, &other)] {
-        let r = revoke(w, t);
+        let r = revoke_answer(w, t);
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["waiting_for_record"], true, "{}", r.text());
     }
     assert_eq!(redis.cli(&["ZCARD", "pend:revoked:pending"]).trim(), "2");
     // The cap is the fleet's: node a took one, node b one.
-    let r = revoke(&a, &third);
+    let r = revoke_answer(&a, &third);
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(
         r.text().contains("max_pending_revocations = 2"),
@@ -306,21 +308,14 @@ fn a_waiting_revocation_lapses_after_its_time_to_live() {
         token(SampleKey::RsA, kid::ACTIVE, "xavier", t),
         token(SampleKey::RsA, kid::ACTIVE, "yvonne", t),
     );
-    revoke_token(&w, &x);
+    let r = revoke_answer(&w, &x);
+    assert_eq!(r.status, 200, "{}", r.text());
     let x_key = format!(
         "lapse:tok:{}",
-        w.admin(
-            "POST",
-            "/ledger/revoke",
-            &serde_json::json!({"token": x}).to_string()
-        )
-        .json()["token_id"]
-            .as_str()
-            .unwrap_or_default()
+        r.json()["token_id"].as_str().unwrap_or_default()
     );
     assert_eq!(redis.cli(&["HGET", &x_key, "r"]).trim(), "1");
-    let body = |t: &str| serde_json::json!({"token": t}).to_string();
-    assert_eq!(w.admin("POST", "/ledger/revoke", &body(&y)).status, 503);
+    assert_eq!(revoke_answer(&w, &y).status, 503);
     let pending = || w.admin("GET", "/ledger/stats", "").json()["pending_revocations"].as_u64();
     assert_eq!(pending(), Some(1));
     std::thread::sleep(Duration::from_millis(2100));

@@ -379,22 +379,15 @@ fn a_token_revoked_before_its_record_is_refused_when_the_record_arrives() {
         "max_pending_revocations = 2\npending_revocation_ttl = \"1h\"",
         "",
     );
+    let revoke = |body: serde_json::Value| w.admin("POST", "/ledger/revoke", &body.to_string());
     let t = now() - 30;
     let stolen = token(SampleKey::RsA, kid::ACTIVE, "dave", t);
     let other = token(SampleKey::Es, kid::ES, "erin", t);
-    let r = w.admin(
-        "POST",
-        "/ledger/revoke",
-        &json!({"token": stolen}).to_string(),
-    );
+    let r = revoke(json!({"token": stolen}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["revoked"], 0, "{}", r.text());
     assert_eq!(r.json()["waiting_for_record"], true, "{}", r.text());
-    let r = w.admin(
-        "POST",
-        "/ledger/revoke",
-        &json!({"jti": jti_of(&other)}).to_string(),
-    );
+    let r = revoke(json!({"jti": jti_of(&other)}));
     assert_eq!(r.json()["waiting_for_record"], true, "{}", r.text());
     let stats = w.admin("GET", "/ledger/stats", "").json();
     assert_eq!(stats["pending_revocations"], 2, "{stats}");
@@ -404,22 +397,14 @@ fn a_token_revoked_before_its_record_is_refused_when_the_record_arrives() {
     assert!(gauge.is_some(), "gauge never showed 2 waiting revocations");
     // Full: a third is refused, with the setting named; one already waiting is taken.
     let third = token(SampleKey::RsA, kid::ACTIVE, "frank", t);
-    let r = w.admin(
-        "POST",
-        "/ledger/revoke",
-        &json!({"token": third}).to_string(),
-    );
+    let r = revoke(json!({"token": third}));
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(
         r.text().contains("ledger.max_pending_revocations = 2"),
         "{}",
         r.text()
     );
-    let r = w.admin(
-        "POST",
-        "/ledger/revoke",
-        &json!({"token": stolen}).to_string(),
-    );
+    let r = revoke(json!({"token": stolen}));
     assert_eq!(r.status, 200, "{}", r.text());
 
     w.restart();

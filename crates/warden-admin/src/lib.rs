@@ -297,11 +297,12 @@ impl AdminApp {
             }
             Revocation::Kid(kid) => json!({"scope": "kid", "kid": kid}),
         };
+        let token = matches!(revocation, Revocation::Token(_));
         match self.control.ledger().revoke(revocation).await {
             Ok(n) => {
                 let mut body = covers;
                 body["revoked"] = json!(n);
-                if body["scope"] == "token" {
+                if token {
                     // No record of it yet: the revocation waits for one.
                     body["waiting_for_record"] = json!(n == 0);
                 }

@@ -503,20 +503,11 @@ impl MemIndex {
         self.pending_cap.store(cap, Ordering::Relaxed);
     }
 
-    /// Whether a token revocation of `id` can be kept now: the id has a record, or
-    /// already waits, or there is room for one more to wait.
-    #[must_use]
-    pub fn can_revoke_token(&self, id: &TokenId) -> bool {
-        self.can_revoke_token_with(id, 0)
-    }
-
-    /// [`MemIndex::can_revoke_token`] with `more` revocations about to wait besides
+    /// Whether one more revocation can wait for its record, with `more` waiting besides
     /// those the index holds (a store's batch not yet applied).
     #[must_use]
-    pub fn can_revoke_token_with(&self, id: &TokenId, more: usize) -> bool {
-        self.tokens.contains_key(id)
-            || self.pending.contains_key(id)
-            || self.pending.len() + more < self.pending_cap.load(Ordering::Relaxed)
+    pub fn room_to_wait(&self, more: usize) -> bool {
+        self.pending.len() + more < self.pending_cap.load(Ordering::Relaxed)
     }
 
     /// The refusal of a token revocation that cannot wait for its record, with `more`
@@ -532,7 +523,7 @@ impl MemIndex {
     /// Whether a token revocation of `id` waits for its record.
     #[must_use]
     pub fn is_pending(&self, id: &TokenId) -> bool {
-        self.any_pending.load(Ordering::Acquire) && self.pending.contains_key(id)
+        self.pending.contains_key(id)
     }
 
     /// Waiting token revocations made before `before` (unix seconds), at most `limit`:
@@ -635,28 +626,23 @@ impl MemIndex {
     /// docs), or fails with [`LedgerError::Full`] when
     /// [`MemIndex::set_pending_cap`] ids already wait.
     pub fn revoke(&self, revocation: &Revocation, now: u64) -> Result<u64, LedgerError> {
+        self.apply_revocation(revocation, now, true)
+    }
+
+    /// [`MemIndex::revoke`] for a revocation a store has already kept (and checked
+    /// against the cap): a token revocation waits for its record whatever the cap.
+    pub fn revoke_kept(&self, revocation: &Revocation, now: u64) -> u64 {
+        self.apply_revocation(revocation, now, false).unwrap_or(0)
+    }
+
+    fn apply_revocation(
+        &self,
+        revocation: &Revocation,
+        now: u64,
+        capped: bool,
+    ) -> Result<u64, LedgerError> {
         let marked = match revocation {
-            Revocation::Token(id) => {
-                let marked = match self.tokens.entry(*id) {
-                    Entry::Occupied(mut e) => {
-                        e.get_mut().expires |= REVOKED_BIT;
-                        1
-                    }
-                    // Held: the record cannot arrive between this check and the insert.
-                    Entry::Vacant(_) => {
-                        if !self.pending.contains_key(id)
-                            && self.pending.len() >= self.pending_cap.load(Ordering::Relaxed)
-                        {
-                            return Err(self.pending_full(0));
-                        }
-                        self.wait_for_record(*id, now);
-                        0
-                    }
-                };
-                // After its entry is marked (see `revoked_tokens`).
-                self.revoked_tokens.add(id_digest(id));
-                marked
-            }
+            Revocation::Token(id) => self.revoke_token(*id, now, capped)?,
             Revocation::Account { account, at } => {
                 let d = self.account_digest(account);
                 let cut = compact_time(*at);
@@ -680,23 +666,38 @@ impl MemIndex {
     }
 
     /// Restores a token revocation that waited for its record when a store was closed
-    /// (made at `at`, unix seconds), whatever the cap: it was kept then.
+    /// (made at `at`, unix seconds), whatever the cap: it was kept then. Not counted in
+    /// `revocations_total`.
     pub fn restore_pending(&self, id: TokenId, at: u64) {
-        match self.tokens.entry(id) {
-            Entry::Occupied(mut e) => e.get_mut().expires |= REVOKED_BIT,
-            Entry::Vacant(_) => self.wait_for_record(id, at),
-        }
-        self.revoked_tokens.add(id_digest(&id));
+        let _ = self.revoke_token(id, at, false);
     }
 
-    /// Called with the id's shard of `tokens` locked and no record in it.
-    fn wait_for_record(&self, id: TokenId, at: u64) {
-        // Set before the entry is visible, so an insert that sees the entry saw the flag.
-        self.any_pending.store(true, Ordering::Release);
-        self.pending
-            .entry(id)
-            .and_modify(|t| *t = (*t).max(compact_time(at)))
-            .or_insert(compact_time(at));
+    /// Marks the token's record revoked (1), or makes the revocation wait for it (0), or,
+    /// when `capped` and as many wait as allowed, refuses it.
+    fn revoke_token(&self, id: TokenId, at: u64, capped: bool) -> Result<u64, LedgerError> {
+        let marked = match self.tokens.entry(id) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().expires |= REVOKED_BIT;
+                1
+            }
+            // Held: the record cannot arrive between this check and the wait.
+            Entry::Vacant(_) => {
+                if capped && !self.pending.contains_key(&id) && !self.room_to_wait(0) {
+                    return Err(self.pending_full(0));
+                }
+                // Set before the entry is visible, so an insert that sees the entry saw
+                // the flag.
+                self.any_pending.store(true, Ordering::Release);
+                self.pending
+                    .entry(id)
+                    .and_modify(|t| *t = (*t).max(compact_time(at)))
+                    .or_insert(compact_time(at));
+                0
+            }
+        };
+        // After its entry is marked (see `revoked_tokens`).
+        self.revoked_tokens.add(id_digest(&id));
+        Ok(marked)
     }
 
     /// Answers a query.
@@ -780,11 +781,7 @@ impl MemIndex {
             recorded_total: self.recorded_total.load(Ordering::Relaxed),
             revocations_total: self.revocations_total.load(Ordering::Relaxed),
             swept_total: self.swept_total.load(Ordering::Relaxed),
-            pending_revocations: if self.any_pending.load(Ordering::Acquire) {
-                self.pending.len() as u64
-            } else {
-                0
-            },
+            pending_revocations: self.pending.len() as u64,
         }
     }
 }
@@ -948,7 +945,7 @@ mod tests {
         idx.set_pending_cap(2);
         assert_eq!(idx.revoke(&Revocation::Token(id("w1")), t0), Ok(0));
         assert_eq!(idx.revoke(&Revocation::Token(id("w2")), t0 + 100), Ok(0));
-        assert!(!idx.can_revoke_token(&id("w3")));
+        assert!(!idx.room_to_wait(0));
         assert_eq!(
             idx.revoke(&Revocation::Token(id("w3")), t0),
             Err(LedgerError::Full { waiting: 2, cap: 2 })
@@ -960,7 +957,6 @@ mod tests {
             Answer::Issued,
             "refused, so not kept"
         );
-        assert!(idx.can_revoke_token(&id("w2")) && idx.can_revoke_token(&id("other")));
         assert_eq!(idx.revoke(&Revocation::Token(id("w2")), t0 + 100), Ok(0));
         assert_eq!(idx.revoke(&Revocation::Token(id("other")), t0), Ok(1));
         // Account and key revocations never wait.

@@ -678,7 +678,7 @@ fn apply_mirror_line(line: &str, index: &MemIndex) -> Result<(), String> {
             MirrorRevocation::Account { account, at } => Revocation::Account { account, at },
             MirrorRevocation::Kid { kid } => Revocation::Kid(kid),
         };
-        revoke_kept(index, &rev, unix_now());
+        index.revoke_kept(&rev, unix_now());
     } else {
         index.insert(&parse_journal_line(line)?);
     }
@@ -1056,7 +1056,7 @@ fn write_batch(db: &Database, index: &MemIndex, batch: &[Op]) -> Result<Counts, 
                             let prev = pending.get(id.0)?.map(|v| v.value());
                             if prev.is_none()
                                 && !waiting.contains(id)
-                                && !index.can_revoke_token_with(id, waiting.len())
+                                && !index.room_to_wait(waiting.len())
                             {
                                 Err(index.pending_full(waiting.len()))
                             } else {
@@ -1110,15 +1110,6 @@ fn ack_of(op: Op) -> Ack {
     }
 }
 
-/// Applies a revocation the store has kept to an index, whatever the index's cap.
-fn revoke_kept(index: &MemIndex, rev: &Revocation, now: u64) {
-    if index.revoke(rev, now).is_err() {
-        if let Revocation::Token(id) = rev {
-            index.restore_pending(*id, now);
-        }
-    }
-}
-
 /// Unix seconds now.
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -1136,7 +1127,7 @@ fn apply(index: &MemIndex, op: Op) -> Ack {
             ack
         }
         Op::Revoke(rev, now, ack) => {
-            revoke_kept(index, &rev, now);
+            index.revoke_kept(&rev, now);
             ack
         }
         Op::Delete(ids, ack) => {

@@ -96,6 +96,16 @@ fn a_token_revoked_before_its_record_is_recorded_revoked() {
     assert_eq!(l.check_local(&q("late", "carol")), Some(Answer::Issued));
 }
 
+/// The ids in the store's table of waiting revocations, in key order.
+fn pending_rows(r: &redb::ReadTransaction) -> Vec<[u8; 16]> {
+    let pending = r.open_table(PENDING).expect("table");
+    pending
+        .iter()
+        .expect("iter")
+        .map(|e| e.expect("row").0.value())
+        .collect()
+}
+
 /// The sweep lists stale waiting revocations, then drops them in a later commit: a
 /// record that arrived in between stays (revoked), and a revocation made again in
 /// between waits on.
@@ -134,13 +144,7 @@ fn the_sweep_drops_only_what_is_still_stale_and_never_a_record() {
         tokens.get(id("recorded").0).expect("get").is_some(),
         "record kept"
     );
-    let pending = r.open_table(PENDING).expect("table");
-    let left: Vec<[u8; 16]> = pending
-        .iter()
-        .expect("iter")
-        .map(|e| e.expect("row").0.value())
-        .collect();
-    assert_eq!(left, vec![id("again").0]);
+    assert_eq!(pending_rows(&r), vec![id("again").0]);
 }
 
 /// One group commit: the cap counts the revocations of the same batch.
@@ -172,12 +176,7 @@ fn a_batch_counts_its_own_waiting_revocations_against_the_cap() {
         vec![Ok(0), Ok(0), full.clone(), Ok(0), Ok(1), Ok(0)]
     );
     let r = db.begin_read().expect("read");
-    let pending = r.open_table(PENDING).expect("table");
-    let ids: Vec<[u8; 16]> = pending
-        .iter()
-        .expect("iter")
-        .map(|e| e.expect("row").0.value())
-        .collect();
+    let ids = pending_rows(&r);
     let mut want = vec![TokenId::from_jti("w1").0, TokenId::from_jti("w4").0];
     want.sort_unstable();
     assert_eq!(ids, want, "w2 recorded revoked, w3 refused");
