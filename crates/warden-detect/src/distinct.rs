@@ -3,7 +3,7 @@
 //! **Small (exact).** Up to [`SMALL_MAX`] distinct values, each kept as a 32-bit keyed
 //! fingerprint with the second it was last seen; the count is the number seen within the
 //! window, exact at one-second granularity. The first [`INLINE`] live inside the entry
-//! (no allocation): a key seen with 3 accounts costs no heap at all. Fingerprint
+//! (no allocation): a key seen with 2 accounts costs no heap at all. Fingerprint
 //! collisions can only merge two values (undercount by one); among 64 values the chance
 //! is 64²/2³³ ≈ 5·10⁻⁷.
 //!
@@ -34,9 +34,12 @@
 //! new values (a scraper walking accounts), and within `[|curr|, |prev ∪ curr|]` always.
 //! The difference of two estimates is clamped at zero.
 //!
-//! **Memory.** The entry is 36 bytes; small mode adds nothing up to 3 values and 8
-//! bytes a value up to 64 (512 bytes); large mode adds 3 × 1 KiB + 3 × 56 bytes, and 48
-//! bytes of cached counts.
+//! **Memory.** The set is 24 bytes, in the entry; small mode adds nothing up to 2 values,
+//! then a heap array of 8 bytes a value, doubled from 4 as needed up to 64 (at most 512
+//! bytes); large mode adds 3 × 1 KiB + 3 × 56 bytes, and 48 bytes of cached counts. (Two
+//! values inline rather than three: the third would make every slot of every entry 8
+//! bytes larger, distinct or not, and the rule state is what a replay or a busy node
+//! waits on memory for.)
 
 use std::hash::BuildHasherDefault;
 
@@ -46,7 +49,7 @@ use crate::snapshot::{Reader, SnapshotError, Writer};
 use crate::window::{epoch, fraction};
 
 /// Values kept inside the entry.
-pub const INLINE: usize = 3;
+pub const INLINE: usize = 2;
 /// Most values kept exactly.
 pub const SMALL_MAX: usize = 64;
 /// HyperLogLog precision (2^p registers).
@@ -64,16 +67,6 @@ fn mix(fp: u32) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-#[derive(Debug, Clone)]
-enum Repr {
-    Inline {
-        len: u8,
-        items: [(u32, u32); INLINE],
-    },
-    Small(Vec<(u32, u32)>),
-    Large(Box<Large>),
 }
 
 #[derive(Debug, Clone)]
@@ -159,22 +152,41 @@ impl Large {
     }
 }
 
-/// One key's distinct set.
+/// One key's distinct set: 24 bytes, the size of the slot it lives in (`state.rs`).
 #[derive(Debug, Clone)]
-pub struct DistinctSet {
-    last_seen_s: u32,
-    repr: Repr,
+pub struct DistinctSet(Repr);
+
+/// The three modes. Each keeps the second the set last took a value (`last_seen_s`),
+/// for the idle sweep.
+#[derive(Debug, Clone)]
+enum Repr {
+    /// Up to [`INLINE`] values, in the entry.
+    Inline {
+        len: u8,
+        last_seen_s: u32,
+        items: [(u32, u32); INLINE],
+    },
+    /// Up to [`SMALL_MAX`] values on the heap: `items[..len]`, and `items.len()` is the
+    /// capacity (a boxed slice rather than a `Vec`, whose separate capacity word would
+    /// make every slot of every entry 8 bytes larger).
+    Small {
+        len: u8,
+        last_seen_s: u32,
+        items: Box<[(u32, u32)]>,
+    },
+    Large {
+        last_seen_s: u32,
+        sketch: Box<Large>,
+    },
 }
 
 impl Default for DistinctSet {
     fn default() -> Self {
-        Self {
+        Self(Repr::Inline {
+            len: 0,
             last_seen_s: 0,
-            repr: Repr::Inline {
-                len: 0,
-                items: [(0, 0); INLINE],
-            },
-        }
+            items: [(0, 0); INLINE],
+        })
     }
 }
 
@@ -213,6 +225,32 @@ pub(crate) fn window_secs(window_ms: u64) -> u32 {
     u32::try_from(window_ms.div_ceil(1000)).unwrap_or(u32::MAX)
 }
 
+/// Capacity of a set's first heap array: [`INLINE`] values and the one that did not fit,
+/// rounded up to a power of two.
+const SMALL_FIRST: usize = (INLINE + 1).next_power_of_two();
+
+const ITEM_BYTES: usize = std::mem::size_of::<(u32, u32)>();
+
+/// A set holding `items` (at most [`SMALL_MAX`]), inline if they fit.
+fn exact(last_seen_s: u32, items: &[(u32, u32)]) -> Repr {
+    if items.len() <= INLINE {
+        let mut inline = [(0, 0); INLINE];
+        inline[..items.len()].copy_from_slice(items);
+        return Repr::Inline {
+            len: items.len() as u8,
+            last_seen_s,
+            items: inline,
+        };
+    }
+    let mut v = items.to_vec();
+    v.resize(items.len().next_power_of_two().max(SMALL_FIRST), (0, 0));
+    Repr::Small {
+        len: items.len() as u8,
+        last_seen_s,
+        items: v.into_boxed_slice(),
+    }
+}
+
 impl DistinctSet {
     /// Adds a value (its 32-bit fingerprint) seen at `now_ms`; returns the estimated
     /// number of distinct values in the window, and the change in heap bytes.
@@ -220,11 +258,14 @@ impl DistinctSet {
         let now_s = secs(now_ms);
         let window_s = window_secs(window_ms);
         let cutoff = now_s.saturating_sub(window_s);
-        self.last_seen_s = now_s;
-        let before = self.heap_bytes();
         let live = |items: &[(u32, u32)]| items.iter().filter(|(_, t)| *t > cutoff).count();
-        match &mut self.repr {
-            Repr::Inline { len, items } => {
+        match &mut self.0 {
+            Repr::Inline {
+                len,
+                last_seen_s,
+                items,
+            } => {
+                *last_seen_s = now_s;
                 let n = usize::from(*len);
                 if let Some(it) = items[..n].iter_mut().find(|(f, _)| *f == fp) {
                     it.1 = now_s;
@@ -240,33 +281,67 @@ impl DistinctSet {
                     *len += 1;
                     return (live(&items[..=n]) as f64, 0);
                 }
-                let mut v = Vec::with_capacity(INLINE * 2);
-                v.extend_from_slice(&items[..n]);
-                v.push((fp, now_s));
-                let est = live(&v) as f64;
-                self.repr = Repr::Small(v);
-                (est, self.heap_bytes() as isize - before as isize)
+                let mut v = vec![(0, 0); SMALL_FIRST];
+                v[..n].copy_from_slice(&items[..n]);
+                v[n] = (fp, now_s);
+                let est = live(&v[..=n]) as f64;
+                self.0 = Repr::Small {
+                    len: (n + 1) as u8,
+                    last_seen_s: now_s,
+                    items: v.into_boxed_slice(),
+                };
+                (est, (SMALL_FIRST * ITEM_BYTES) as isize)
             }
-            Repr::Small(v) => {
-                if let Some(it) = position(v, fp).and_then(|i| v.get_mut(i)) {
+            Repr::Small {
+                len,
+                last_seen_s,
+                items,
+            } => {
+                *last_seen_s = now_s;
+                let n = usize::from(*len);
+                if let Some(it) = position(&items[..n], fp).and_then(|i| items.get_mut(i)) {
                     it.1 = now_s;
-                    return (live(v) as f64, 0);
+                    return (live(&items[..n]) as f64, 0);
                 }
-                v.retain(|(_, t)| *t > cutoff);
-                v.push((fp, now_s));
-                if v.len() <= SMALL_MAX {
-                    let est = v.len() as f64;
-                    return (est, self.heap_bytes() as isize - before as isize);
+                // Drop the values out of the window, keeping the order.
+                let mut kept = 0;
+                for i in 0..n {
+                    if items[i].1 > cutoff {
+                        items[kept] = items[i];
+                        kept += 1;
+                    }
                 }
+                if kept < SMALL_MAX {
+                    let mut grown = 0;
+                    if kept == items.len() {
+                        let mut v = std::mem::take(items).into_vec();
+                        v.resize((kept * 2).min(SMALL_MAX), (0, 0));
+                        grown = (v.len() - kept) * ITEM_BYTES;
+                        *items = v.into_boxed_slice();
+                    }
+                    items[kept] = (fp, now_s);
+                    *len = (kept + 1) as u8;
+                    return ((kept + 1) as f64, grown as isize);
+                }
+                // A value past SMALL_MAX live ones: a sketch from here on.
+                let freed = items.len() * ITEM_BYTES;
                 let mut large = Large::new(epoch(now_ms, window_ms));
-                for (f, _) in v.iter() {
+                for (f, _) in &items[..kept] {
                     large.insert(mix(*f));
                 }
-                self.repr = Repr::Large(Box::new(large));
+                large.insert(mix(fp));
+                self.0 = Repr::Large {
+                    last_seen_s: now_s,
+                    sketch: Box::new(large),
+                };
                 let est = self.estimate(now_ms, window_ms);
-                (est, self.heap_bytes() as isize - before as isize)
+                (est, LARGE_BYTES as isize - freed as isize)
             }
-            Repr::Large(l) => {
+            Repr::Large {
+                last_seen_s,
+                sketch: l,
+            } => {
+                *last_seen_s = now_s;
                 let e = epoch(now_ms, window_ms);
                 if e != l.epoch {
                     if e == l.epoch.wrapping_add(1) {
@@ -292,13 +367,11 @@ impl DistinctSet {
         let now_s = secs(now_ms);
         let window_s = window_secs(window_ms);
         let cutoff = now_s.saturating_sub(window_s);
-        match &self.repr {
-            Repr::Inline { len, items } => items[..usize::from(*len)]
-                .iter()
-                .filter(|(_, t)| *t > cutoff)
-                .count() as f64,
-            Repr::Small(v) => v.iter().filter(|(_, t)| *t > cutoff).count() as f64,
-            Repr::Large(l) => {
+        let live = |items: &[(u32, u32)]| items.iter().filter(|(_, t)| *t > cutoff).count();
+        match &self.0 {
+            Repr::Inline { len, items, .. } => live(&items[..usize::from(*len)]) as f64,
+            Repr::Small { len, items, .. } => live(&items[..usize::from(*len)]) as f64,
+            Repr::Large { sketch: l, .. } => {
                 let e = epoch(now_ms, window_ms);
                 // (values seen in this window, values seen only in the previous one)
                 let (curr, prev_only) = if e == l.epoch {
@@ -314,6 +387,15 @@ impl DistinctSet {
         }
     }
 
+    /// The second the set last took a value.
+    fn last_seen_s(&self) -> u32 {
+        match &self.0 {
+            Repr::Inline { last_seen_s, .. }
+            | Repr::Small { last_seen_s, .. }
+            | Repr::Large { last_seen_s, .. } => *last_seen_s,
+        }
+    }
+
     /// Whether nothing was seen within the window ending at `now_ms`.
     #[must_use]
     pub fn is_idle(&self, now_ms: u64, window_ms: u64) -> bool {
@@ -326,73 +408,82 @@ impl DistinctSet {
     #[inline]
     pub fn is_idle_at(&self, now_s: u32, window_s: u32) -> bool {
         // Large sets remember the previous window too.
-        let span = if matches!(self.repr, Repr::Large(_)) {
+        let span = if self.is_large() {
             window_s.saturating_mul(2)
         } else {
             window_s
         };
-        self.last_seen_s.saturating_add(span) < now_s
+        self.last_seen_s().saturating_add(span) < now_s
     }
 
     /// Heap bytes this set owns.
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        match &self.repr {
+        match &self.0 {
             Repr::Inline { .. } => 0,
-            Repr::Small(v) => v.capacity() * std::mem::size_of::<(u32, u32)>(),
-            Repr::Large(_) => std::mem::size_of::<Large>() + 3 * (1usize << HLL_PRECISION),
+            Repr::Small { items, .. } => items.len() * ITEM_BYTES,
+            Repr::Large { .. } => LARGE_BYTES,
         }
     }
 
     /// Whether the set has become a sketch.
     #[must_use]
     pub fn is_large(&self) -> bool {
-        matches!(self.repr, Repr::Large(_))
+        matches!(self.0, Repr::Large { .. })
     }
 }
+
+/// Heap bytes of a large set: the boxed sketches and their registers.
+const LARGE_BYTES: usize = std::mem::size_of::<Large>() + 3 * (1usize << HLL_PRECISION);
 
 // === snapshots ===
 // tag u8 (0 inline, 1 small, 2 large) | last_seen_s u32 |
 //   inline, small: count (u8, u32) | count x (fingerprint u32, second u32)
 //   large: epoch u32 | 2 x 2^HLL_PRECISION register bytes (previous, current); their
 //     union is rebuilt on reading
+// An exact set of up to INLINE_TAG_MAX values is written with the inline tag, more with
+// the small one, whatever its form in memory: the format predates the two-value inline
+// form, and a snapshot stays readable by the builds before it.
 
 const TAG_INLINE: u8 = 0;
 const TAG_SMALL: u8 = 1;
 const TAG_LARGE: u8 = 2;
+/// Most values an inline-tagged set holds in a snapshot.
+const INLINE_TAG_MAX: usize = 3;
 /// Highest register value a 64-bit hash can produce (1 + 64 trailing zeros).
 const MAX_REGISTER: u8 = 65;
 
 impl DistinctSet {
     /// Appends the set's snapshot form.
     pub(crate) fn write_to(&self, w: &mut Writer) {
-        match &self.repr {
-            Repr::Inline { len, items } => {
-                w.u8(TAG_INLINE);
-                w.u32(self.last_seen_s);
-                w.u8(*len);
-                for (f, t) in &items[..usize::from(*len)] {
-                    w.u32(*f);
-                    w.u32(*t);
-                }
-            }
-            Repr::Small(v) => {
-                w.u8(TAG_SMALL);
-                w.u32(self.last_seen_s);
-                w.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
-                for (f, t) in v {
-                    w.u32(*f);
-                    w.u32(*t);
-                }
-            }
-            Repr::Large(l) => {
+        let items = match &self.0 {
+            Repr::Inline { len, items, .. } => &items[..usize::from(*len)],
+            Repr::Small { len, items, .. } => &items[..usize::from(*len)],
+            Repr::Large {
+                last_seen_s,
+                sketch: l,
+            } => {
                 w.u8(TAG_LARGE);
-                w.u32(self.last_seen_s);
+                w.u32(*last_seen_s);
                 w.u32(l.epoch);
                 for hll in [&l.prev, &l.curr] {
                     w.bytes(&hll.iter().collect::<Vec<u8>>());
                 }
+                return;
             }
+        };
+        if items.len() <= INLINE_TAG_MAX {
+            w.u8(TAG_INLINE);
+            w.u32(self.last_seen_s());
+            w.u8(items.len() as u8);
+        } else {
+            w.u8(TAG_SMALL);
+            w.u32(self.last_seen_s());
+            w.u32(items.len() as u32);
+        }
+        for (f, t) in items {
+            w.u32(*f);
+            w.u32(*t);
         }
     }
 
@@ -403,29 +494,31 @@ impl DistinctSet {
         let last_seen_s = r.u32()?;
         let repr = match tag {
             TAG_INLINE => {
-                let len = r.u8()?;
-                if usize::from(len) > INLINE {
-                    return Err(r.bad(format!("inline set of {len} values, at most {INLINE}")));
+                let len = usize::from(r.u8()?);
+                if len > INLINE_TAG_MAX {
+                    return Err(r.bad(format!(
+                        "inline set of {len} values, at most {INLINE_TAG_MAX}"
+                    )));
                 }
-                let mut items = [(0, 0); INLINE];
-                for it in items.iter_mut().take(usize::from(len)) {
+                let mut items = [(0, 0); INLINE_TAG_MAX];
+                for it in items.iter_mut().take(len) {
                     *it = (r.u32()?, r.u32()?);
                 }
-                Repr::Inline { len, items }
+                exact(last_seen_s, &items[..len])
             }
             TAG_SMALL => {
                 let len = r.u32()? as usize;
-                if len > SMALL_MAX || len <= INLINE {
+                if len > SMALL_MAX || len <= INLINE_TAG_MAX {
                     return Err(r.bad(format!(
                         "small set of {len} values, expected {} to {SMALL_MAX}",
-                        INLINE + 1
+                        INLINE_TAG_MAX + 1
                     )));
                 }
                 let mut v = Vec::with_capacity(len);
                 for _ in 0..len {
                     v.push((r.u32()?, r.u32()?));
                 }
-                Repr::Small(v)
+                exact(last_seen_s, &v)
             }
             TAG_LARGE => {
                 let epoch = r.u32()?;
@@ -435,11 +528,14 @@ impl DistinctSet {
                 if let Err(e) = both.union(&curr) {
                     return Err(r.bad(format!("HyperLogLog union: {e:?}")));
                 }
-                Repr::Large(Box::new(Large::from_sketches(epoch, prev, curr, both)))
+                Repr::Large {
+                    last_seen_s,
+                    sketch: Box::new(Large::from_sketches(epoch, prev, curr, both)),
+                }
             }
             other => return Err(r.bad(format!("unknown distinct-set kind {other}"))),
         };
-        Ok(Self { last_seen_s, repr })
+        Ok(Self(repr))
     }
 }
 
@@ -463,6 +559,7 @@ fn read_hll(r: &mut Reader<'_>) -> Result<Hll, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::HEADER;
 
     const W: u64 = 3_600_000;
     const T0: u64 = 1_800_000_000_000;
@@ -483,22 +580,42 @@ mod tests {
     }
 
     #[test]
-    fn small_sets_are_exact_and_allocation_free_up_to_three() {
+    fn small_sets_are_exact_and_allocation_free_up_to_two() {
         let mut s = DistinctSet::default();
-        for (i, fp) in [7u32, 8, 7, 9, 8].iter().enumerate() {
+        for (i, fp) in [7u32, 8, 7, 8].iter().enumerate() {
             let (est, heap) = s.insert(*fp, T0 + i as u64 * 1000, W);
             assert_eq!(heap, 0);
-            assert!(est <= 3.0);
+            assert!(est <= 2.0);
         }
-        assert_eq!(s.estimate(T0 + 10_000, W), 3.0);
+        assert_eq!(s.estimate(T0 + 10_000, W), 2.0);
         assert_eq!(s.heap_bytes(), 0);
-        assert!(
-            std::mem::size_of::<DistinctSet>() <= 40,
-            "{}",
-            std::mem::size_of::<DistinctSet>()
-        );
+        // The third goes to the heap, counted.
+        let (est, heap) = s.insert(9, T0 + 11_000, W);
+        assert_eq!((est, heap), (3.0, (SMALL_FIRST * ITEM_BYTES) as isize));
+        assert_eq!(s.heap_bytes(), SMALL_FIRST * ITEM_BYTES);
+        assert_eq!(std::mem::size_of::<DistinctSet>(), 24);
     }
 
+    #[test]
+    fn small_sets_grow_keep_order_and_reuse_room_of_expired_values() {
+        // 40 values one second apart; the window is 30 s, so the first ten expire as
+        // the last ones come. The estimate is the exact live count at every step, and
+        // the heap grows by doublings only while the live values need it.
+        let w = 30_000;
+        let mut s = DistinctSet::default();
+        let mut heap = 0isize;
+        for i in 0..40u32 {
+            let now = T0 + u64::from(i) * 1000;
+            let (est, delta) = s.insert(1000 + i, now, w);
+            heap += delta;
+            assert_eq!(est, f64::from(i.min(29) + 1), "value {i}");
+            assert_eq!(heap, s.heap_bytes() as isize);
+        }
+        assert_eq!(s.heap_bytes(), 32 * ITEM_BYTES);
+        // A value seen again is not counted twice.
+        let (est, delta) = s.insert(1039, T0 + 39_500, w);
+        assert_eq!((est, delta), (30.0, 0));
+    }
     #[test]
     fn exact_window_forgets_old_values() {
         let mut s = DistinctSet::default();
@@ -633,12 +750,7 @@ mod tests {
         for v in 50..350u32 {
             s.insert(v.wrapping_mul(2_654_435_761), next + u64::from(v) * 1000, W);
         }
-        let mut w = Writer::default();
-        s.write_to(&mut w);
-        let file = w.finish();
-        let mut r = Reader::open(&file).expect("open");
-        let back = DistinctSet::read_from(&mut r).expect("read");
-        assert_eq!(r.remaining(), 0);
+        let (back, _) = round_trip(&s);
         for at in [next + 400_000, next + W / 2, next + W - 1] {
             let (x, y) = (s.estimate(at, W), back.estimate(at, W));
             assert!((x - y).abs() < 1e-6, "{x} vs {y}");
@@ -687,5 +799,70 @@ mod tests {
         }
         assert!(s.is_large());
         assert_eq!(total, s.heap_bytes() as isize);
+    }
+
+    fn round_trip(s: &DistinctSet) -> (DistinctSet, Vec<u8>) {
+        let mut w = Writer::default();
+        s.write_to(&mut w);
+        let file = w.finish();
+        let mut r = Reader::open(&file).expect("open");
+        let back = DistinctSet::read_from(&mut r).expect("read");
+        assert_eq!(r.remaining(), 0);
+        (back, file)
+    }
+
+    #[test]
+    fn exact_sets_of_every_size_round_trip_in_the_format_of_before() {
+        // Sets of 0 to 64 values. Up to three are written with the inline tag, as the
+        // builds that kept three values inline wrote them (and can read them back), more
+        // with the small tag; read back, each estimates what the original does.
+        for n in 0..=SMALL_MAX as u32 {
+            let mut s = DistinctSet::default();
+            for v in 0..n {
+                s.insert(v.wrapping_mul(2_654_435_761), T0 + u64::from(v) * 1000, W);
+            }
+            let (back, file) = round_trip(&s);
+            let tag = file[HEADER];
+            assert_eq!(tag, if n <= 3 { TAG_INLINE } else { TAG_SMALL }, "n = {n}");
+            for at in [T0 + 70_000, T0 + W + 5_500] {
+                assert_eq!(back.estimate(at, W), s.estimate(at, W), "n = {n}");
+            }
+            assert!(!back.is_large());
+            assert_eq!(back.heap_bytes() == 0, n as usize <= INLINE, "n = {n}");
+            assert!(back.heap_bytes() <= s.heap_bytes().max(SMALL_FIRST * ITEM_BYTES));
+        }
+    }
+
+    #[test]
+    fn an_inline_set_of_three_from_an_older_snapshot_reads_into_the_heap_form() {
+        // Written by hand as the builds before wrote a three-value inline set.
+        let mut w = Writer::default();
+        w.u8(TAG_INLINE);
+        w.u32(1_800_000_010);
+        w.u8(3);
+        for (f, t) in [
+            (5u32, 1_800_000_000u32),
+            (6, 1_800_000_005),
+            (7, 1_800_000_010),
+        ] {
+            w.u32(f);
+            w.u32(t);
+        }
+        let file = w.finish();
+        let mut r = Reader::open(&file).expect("open");
+        let mut s = DistinctSet::read_from(&mut r).expect("read");
+        assert_eq!(s.estimate(1_800_000_010_000, W), 3.0);
+        assert_eq!(s.heap_bytes(), SMALL_FIRST * ITEM_BYTES);
+        // It goes on counting: one of the three again, then a fourth.
+        assert_eq!(s.insert(6, 1_800_000_011_000, W), (3.0, 0));
+        assert_eq!(s.insert(8, 1_800_000_012_000, W), (4.0, 0));
+        // Four inline values is not a set of before either.
+        let mut w = Writer::default();
+        w.u8(TAG_INLINE);
+        w.u32(0);
+        w.u8(4);
+        let file = w.finish();
+        let mut r = Reader::open(&file).expect("open");
+        assert!(DistinctSet::read_from(&mut r).is_err());
     }
 }

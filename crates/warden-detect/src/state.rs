@@ -24,7 +24,7 @@ pub const MAX_SLOTS: usize = 8;
 /// Bytes of one slot.
 pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 // The memory figures in the docs assume it; a bigger slot must be a decision.
-const _: () = assert!(SLOT_BYTES <= 40);
+const _: () = assert!(SLOT_BYTES <= 24);
 
 /// A time and a window, as [`Slot::is_idle_at`] compares them: the window index and
 /// the time and window in seconds, worked out once per sweep and window rather than with

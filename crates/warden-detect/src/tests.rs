@@ -546,9 +546,10 @@ fn manual_bans_by_ip_account_and_token() {
 
 #[test]
 fn state_per_key_is_small_while_sets_are_small() {
-    // Count: 12-byte counter + 8-byte key; distinct: 36-byte set + key, no heap up to 3.
+    // Count: 12-byte counter + 8-byte key; distinct: 24-byte set + key, no heap up to 2.
     assert!(std::mem::size_of::<(u64, crate::window::SlidingCount)>() <= 24);
-    assert!(std::mem::size_of::<(u64, crate::distinct::DistinctSet)>() <= 48);
+    assert!(std::mem::size_of::<(u64, crate::distinct::DistinctSet)>() <= 32);
+    assert_eq!(crate::SLOT_BYTES, 24);
     let e = Engine::new(1 << 30, 1000);
     e.set_rules(
         vec![rule(
