@@ -217,7 +217,7 @@ fn rule_and_manual_bans_survive_with_their_expiry() {
             until_ms: manual_until
         }
     );
-    assert_eq!(v.decided_by.as_deref(), Some("manual"));
+    assert_eq!(v.decided_by, Some("manual"));
     assert_eq!(
         eval(&b, "203.0.113.1", "y", T0 + 31_000).decision,
         Decision::Pass
@@ -274,8 +274,8 @@ fn only_slots_whose_rule_fingerprint_still_matches_are_restored() {
     assert_eq!((got.bans, got.bans_dropped), (0, 1));
     let v = eval(&b, "192.0.2.7", "x", start + 30);
     assert_eq!(v.decision, Decision::Block);
-    assert_eq!(v.decided_by.as_deref(), Some("keep"));
-    let hits: Vec<&str> = v.hits.iter().map(|h| &*h.rule).collect();
+    assert_eq!(v.decided_by, Some("keep"));
+    let hits: Vec<&str> = v.hits.iter().map(|h| h.rule).collect();
     assert_eq!(hits, ["keep"], "`change` starts from zero");
 }
 

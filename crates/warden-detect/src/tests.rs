@@ -102,7 +102,7 @@ fn rate_limit_answers_with_retry_after_until_the_window_rolls() {
     }
     let v = eval(&e, &r, start + 10_000);
     assert_eq!(v.decision, Decision::RateLimit { retry_after_s: 50 });
-    assert_eq!(v.decided_by.as_deref(), Some("per-account"));
+    assert_eq!(v.decided_by, Some("per-account"));
     assert!(v.hits[0].crossed);
     assert!(
         !eval(&e, &r, start + 10_001).hits[0].crossed,
@@ -167,7 +167,7 @@ fn block_tag_log_and_revoke_actions() {
     // Revoke outranks block.
     let v = eval(&e, &r, T0 + 4);
     assert_eq!(v.decision, Decision::RevokeToken);
-    assert_eq!(v.decided_by.as_deref(), Some("revoke"));
+    assert_eq!(v.decided_by, Some("revoke"));
 }
 
 #[test]
@@ -494,7 +494,7 @@ fn reload_keeps_state_and_bans_of_unchanged_rules_only() {
     let v = eval(&e, &q, T0 + 5);
     assert!(matches!(v.decision, Decision::Banned { .. }));
     // `change` starts from zero: 1 request is under 3.
-    assert!(v.hits.iter().all(|h| &*h.rule != "change"));
+    assert!(v.hits.iter().all(|h| h.rule != "change"));
     // Removing the rule drops its bans.
     e.set_rules(vec![], 64 * MIB);
     assert_eq!(e.active_bans(T0), 0);
@@ -764,7 +764,7 @@ fn reload_that_changes_a_key_group_carries_counts_over() {
     let v = eval(&e, &Req::new("192.0.2.20", "f"), T0 + 11);
     assert_eq!(v.decision, Decision::Block);
     assert_eq!(v.hits.len(), 1);
-    assert_eq!(&*v.hits[0].rule, "accounts");
+    assert_eq!(v.hits[0].rule, "accounts");
     assert_eq!(v.hits[0].estimate, 6.0);
     // Dropping `extra` again: counts still carried (6 requests), then 5 more.
     e.set_rules(vec![count, accounts], 64 * MIB);
@@ -775,7 +775,7 @@ fn reload_that_changes_a_key_group_carries_counts_over() {
     let hit = v
         .hits
         .iter()
-        .find(|h| &*h.rule == "count")
+        .find(|h| h.rule == "count")
         .expect("count fired");
     assert_eq!(hit.estimate, 11.0);
     assert_eq!(e.tracked_keys(), 1, "one address, one entry");
@@ -816,7 +816,7 @@ fn lifting_a_ban_clears_only_that_rule_in_a_shared_entry() {
     assert_eq!(v.decision, Decision::Pass, "{:?}", v.hits);
     let v = eval(&e, &Req::new("192.0.2.30", "d"), T0 + 7);
     assert_eq!(v.hits.len(), 1);
-    assert_eq!(&*v.hits[0].rule, "watch");
+    assert_eq!(v.hits[0].rule, "watch");
     assert_eq!(v.hits[0].estimate, 5.0);
     let info = e.rules_info(T0 + 8);
     assert_eq!(
@@ -891,7 +891,7 @@ fn many_rules_on_one_key_and_hits_in_priority_order() {
         v = eval(&e, &q, T0 + i);
     }
     // 12 requests: every rule (thresholds 0..=10) is over.
-    let names: Vec<&str> = v.hits.iter().map(|h| &*h.rule).collect();
+    let names: Vec<&str> = v.hits.iter().map(|h| h.rule).collect();
     let expected: Vec<String> = (0..11).rev().map(|i| format!("r{i:02}")).collect();
     assert_eq!(names, expected);
     assert_eq!(v.tags.iter().map(|t| &**t).collect::<Vec<_>>(), expected);
@@ -1203,15 +1203,7 @@ fn a_reused_verdict_answers_as_a_fresh_one() {
         assert_eq!(v.decision, want.decision, "request {i}");
         assert_eq!(v.decided_by, want.decided_by, "request {i}");
         assert_eq!(v.tags, want.tags, "request {i}");
-        let show = |h: &crate::Hit| {
-            (
-                h.rule.clone(),
-                h.estimate,
-                h.crossed,
-                h.ban_placed,
-                h.key.clone(),
-            )
-        };
+        let show = |h: &crate::Hit| (h.rule, h.estimate, h.crossed, h.ban_placed, h.key.clone());
         let got: Vec<_> = v.hits.iter().map(show).collect();
         assert_eq!(
             got,

@@ -38,7 +38,7 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     settings: Option<Arc<Settings>>,
     capture_body: Option<Vec<u8>>,
-    tags: Vec<Arc<str>>,
+    tags: Vec<&'static str>,
     upstream_sent: Option<Instant>,
     body_clock: Option<crate::limits::BodyClock>,
 }
@@ -519,7 +519,7 @@ impl WardenProxy {
                 if let Some(v) = &verified {
                     self.revoke_in_background(
                         v,
-                        verdict.decided_by.as_deref().unwrap_or(""),
+                        verdict.decided_by.unwrap_or(""),
                         &path,
                         client_ip,
                     );
@@ -538,7 +538,7 @@ impl WardenProxy {
     /// Metrics for every hit; an event when a rule crosses its threshold or places a ban.
     fn observe_rules(&self, v: &Verdict, ctx: &Ctx, path: &str, verified: Option<&Verified>) {
         for hit in &v.hits {
-            self.shared.metrics.rule_hit(&hit.rule, hit.mode.as_str());
+            self.shared.metrics.rule_hit(hit.rule, hit.mode.as_str());
             if !(hit.crossed || hit.ban_placed) {
                 continue;
             }
@@ -699,7 +699,7 @@ impl ProxyHttp for WardenProxy {
             if let Some(name) = &s.tag_header {
                 req.remove_header(name);
                 if !ctx.tags.is_empty() {
-                    let value = ctx.tags.iter().map(|t| &**t).collect::<Vec<_>>().join(",");
+                    let value = ctx.tags.join(",");
                     req.insert_header(name.clone(), value)?;
                 }
             }

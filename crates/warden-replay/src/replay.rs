@@ -116,7 +116,7 @@ pub struct Decided {
     /// The status the client got (200 for a proxied request, whatever the upstream said).
     pub status: u16,
     /// The rule that decided, if a rule did.
-    pub decided_by: Option<Arc<str>>,
+    pub decided_by: Option<&'static str>,
 }
 
 /// Replays requests through one rule set.
@@ -374,7 +374,7 @@ impl Replayer {
             Decided {
                 outcome,
                 status,
-                decided_by: verdict.decided_by.clone(),
+                decided_by: verdict.decided_by,
             }
         };
         let rules = &self.rules;
@@ -426,5 +426,5 @@ pub(crate) type RuleTable = HashMap<Arc<str>, (usize, Rule)>;
 
 /// Whether a hit's action refuses the request (in shadow mode: would refuse).
 pub(crate) fn refusing(v: &Verdict, rule: &str) -> bool {
-    v.hits.iter().any(|h| &*h.rule == rule && h.action.denies())
+    v.hits.iter().any(|h| h.rule == rule && h.action.denies())
 }

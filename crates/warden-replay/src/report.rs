@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 
 use serde::Serialize;
 use warden_detect::{describe_key, Facts, Verdict};
@@ -49,8 +48,14 @@ impl Series {
         }
     }
 
+    /// The bucket of `t_s`. The step is a power of two (1, doubled), so a shift rather
+    /// than a division: this runs for every request and every hit.
+    fn bucket(&self, t_s: u64) -> usize {
+        (t_s.saturating_sub(self.start_s) >> self.step_s.trailing_zeros()) as usize
+    }
+
     fn add(&mut self, t_s: u64, k: usize) {
-        let mut i = (t_s.saturating_sub(self.start_s) / self.step_s) as usize;
+        let mut i = self.bucket(t_s);
         while i >= MAX_BUCKETS {
             let merged: Vec<[u64; 2]> = self
                 .buckets
@@ -62,7 +67,7 @@ impl Series {
                 .collect();
             self.buckets = merged;
             self.step_s *= 2;
-            i = (t_s.saturating_sub(self.start_s) / self.step_s) as usize;
+            i = self.bucket(t_s);
         }
         if self.buckets.len() <= i {
             self.buckets.resize(i + 1, [0, 0]);
@@ -148,7 +153,7 @@ pub struct Stats {
     rules: Vec<RuleStats>,
     /// The engine's rule names (pointers) already resolved to an index in `rules`: a
     /// hit is matched by pointer, not by hashing its name.
-    by_name: Vec<(Arc<str>, usize)>,
+    by_name: Vec<(&'static str, usize)>,
     /// Usually few (the simulator has five): the first [`SCANNED_LABELS`] are found by a
     /// scan, which beats hashing the label on every line; later ones through
     /// `label_index`.
@@ -190,14 +195,15 @@ impl Stats {
 
     /// The index in `rules` of the rule named `name` (an engine's name, compared by
     /// pointer first).
-    fn rule_index(&mut self, name: &Arc<str>, table: &RuleTable) -> Option<usize> {
-        if let Some((_, i)) = self.by_name.iter().find(|(n, _)| Arc::ptr_eq(n, name)) {
+    fn rule_index(&mut self, name: &'static str, table: &RuleTable) -> Option<usize> {
+        // Names are interned (`warden_detect::intern`): one name, one address.
+        if let Some((_, i)) = self.by_name.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
             return Some(*i);
         }
         let (i, _) = table.get(name)?;
         // Bounded: a rule set's names, and a reload's (replay does not reload).
         if self.by_name.len() < 4 * self.rules.len() + 16 {
-            self.by_name.push((Arc::clone(name), *i));
+            self.by_name.push((name, *i));
         }
         Some(*i)
     }
@@ -223,7 +229,7 @@ impl Stats {
         }
         if let (Some(v), Some((f, table))) = (verdict, facts) {
             for h in &v.hits {
-                let Some(i) = self.rule_index(&h.rule, table) else {
+                let Some(i) = self.rule_index(h.rule, table) else {
                     continue;
                 };
                 let Some(s) = self.rules.get_mut(i) else {
@@ -247,7 +253,7 @@ impl Stats {
                     None => s.keys_dropped += 1,
                 }
             }
-            if let Some(by) = &d.decided_by {
+            if let Some(by) = d.decided_by {
                 if let Some(i) = self.rule_index(by, table) {
                     if let Some(s) = self.rules.get_mut(i) {
                         s.decided += 1;

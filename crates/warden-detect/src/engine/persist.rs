@@ -209,12 +209,12 @@ impl Engine {
         let mut manual = 0;
         for b in saved.bans {
             let rule: Option<Arc<str>> = if b.scope == MANUAL {
-                Some(Arc::clone(&self.manual_name))
+                Some(Arc::from(super::MANUAL_NAME))
             } else {
                 set.rules
                     .iter()
                     .find(|c| c.fingerprint == b.scope)
-                    .map(|c| Arc::clone(&c.name))
+                    .map(|c| Arc::from(c.name))
             };
             let Some(rule) =
                 rule.filter(|_| b.until_ms > now_ms && self.bans.len() < self.max_bans)
