@@ -298,7 +298,7 @@ impl AdminApp {
             Revocation::Kid(kid) => json!({"scope": "kid", "kid": kid}),
         };
         let token = matches!(revocation, Revocation::Token(_));
-        match self.control.ledger().revoke(revocation).await {
+        match self.control.ledger().revoke(revocation, now).await {
             Ok(n) => {
                 let mut body = covers;
                 body["revoked"] = json!(n);

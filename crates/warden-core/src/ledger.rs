@@ -286,8 +286,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// Applies a revocation durably; returns how many records it marked (0 for a
     /// key-id or an account, which still take effect, and for a token with no record
     /// yet, whose revocation waits for its record: see the module docs). A token
-    /// revocation that cannot be kept fails with [`LedgerError::Full`].
-    async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError>;
+    /// revocation that cannot be kept fails with [`LedgerError::Full`]. `now` (unix
+    /// seconds) is the revocation's time: a waiting revocation is kept for
+    /// `ledger.pending_revocation_ttl` from it.
+    async fn revoke(&self, revocation: Revocation, now: u64) -> Result<u64, LedgerError>;
 
     /// Reads one record, for the admin API.
     async fn get(&self, id: &TokenId) -> Result<Option<RecordView>, LedgerError>;

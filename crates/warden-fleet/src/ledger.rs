@@ -341,7 +341,7 @@ impl Ledger for RedisLedger {
         Ok(())
     }
 
-    async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError> {
+    async fn revoke(&self, revocation: Revocation, now: u64) -> Result<u64, LedgerError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         match &revocation {
@@ -353,7 +353,7 @@ impl Ledger for RedisLedger {
                     .arg(self.inner.keys.pending())
                     .arg(self.inner.keys.stream())
                     .arg(id.to_hex())
-                    .arg(now_ms() / 1000)
+                    .arg(now)
                     .arg(self.inner.pending_revocation_ttl)
                     .arg(self.inner.max_pending_revocations)
                     .arg(self.inner.cfg.stream_max_len)

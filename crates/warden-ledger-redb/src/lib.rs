@@ -492,9 +492,9 @@ impl Ledger for EmbeddedLedger {
         }
     }
 
-    async fn revoke(&self, revocation: Revocation) -> Result<u64, LedgerError> {
+    async fn revoke(&self, revocation: Revocation, now: u64) -> Result<u64, LedgerError> {
         let (ack, done) = oneshot::channel();
-        self.submit(Op::Revoke(revocation, unix_now(), ack), done)
+        self.submit(Op::Revoke(revocation, now, ack), done)
             .await
             .unwrap_or_else(|_| Err(handed_over_error("revoke")))
     }
@@ -678,6 +678,9 @@ fn apply_mirror_line(line: &str, index: &MemIndex) -> Result<(), String> {
             MirrorRevocation::Account { account, at } => Revocation::Account { account, at },
             MirrorRevocation::Kid { kid } => Revocation::Kid(kid),
         };
+        // A mirrored token revocation carries no time (the mirror's lines are the
+        // hand-over's format between two versions): the old process, which keeps it
+        // only until it exits, dates it when it reads it, a moment after it was made.
         index.revoke_kept(&rev, unix_now());
     } else {
         index.insert(&parse_journal_line(line)?);

@@ -41,8 +41,14 @@ fn a_token_revoked_before_its_record_is_recorded_revoked() {
     let now = unix_now();
     {
         let l = EmbeddedLedger::open(&path, 64).expect("open");
-        assert_eq!(block_on(l.revoke(Revocation::Token(id("early")))), Ok(0));
-        assert_eq!(block_on(l.revoke(Revocation::Token(id("late")))), Ok(0));
+        assert_eq!(
+            block_on(l.revoke(Revocation::Token(id("early")), now)),
+            Ok(0)
+        );
+        assert_eq!(
+            block_on(l.revoke(Revocation::Token(id("late")), now)),
+            Ok(0)
+        );
         assert_eq!(l.stats().pending_revocations, 2);
     }
     {
@@ -64,14 +70,20 @@ fn a_token_revoked_before_its_record_is_recorded_revoked() {
         assert_eq!(l.stats().pending_revocations, 1);
         // The cap refuses a new id, and only a new id.
         l.index().set_pending_cap(1);
-        let e = block_on(l.revoke(Revocation::Token(id("refused")))).expect_err("full");
+        let e = block_on(l.revoke(Revocation::Token(id("refused")), now)).expect_err("full");
         assert_eq!(e, LedgerError::Full { waiting: 1, cap: 1 });
         assert!(
             e.to_string().contains("ledger.max_pending_revocations = 1"),
             "{e}"
         );
-        assert_eq!(block_on(l.revoke(Revocation::Token(id("late")))), Ok(0));
-        assert_eq!(block_on(l.revoke(Revocation::Token(id("other")))), Ok(1));
+        assert_eq!(
+            block_on(l.revoke(Revocation::Token(id("late")), now)),
+            Ok(0)
+        );
+        assert_eq!(
+            block_on(l.revoke(Revocation::Token(id("other")), now)),
+            Ok(1)
+        );
     }
     {
         let l = EmbeddedLedger::open(&path, 64).expect("reopen");
@@ -94,6 +106,24 @@ fn a_token_revoked_before_its_record_is_recorded_revoked() {
     assert_eq!(l.stats().pending_revocations, 0);
     block_on(l.record(vec![rec("late", "carol", now)])).expect("record");
     assert_eq!(l.check_local(&q("late", "carol")), Some(Answer::Issued));
+}
+
+/// A waiting revocation is dated by the time the caller gives, not by the store's clock:
+/// one made at `T0` is stale for a sweep an hour later, one made then is not.
+#[test]
+fn a_waiting_revocation_is_kept_from_the_time_it_was_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = EmbeddedLedger::open(&dir.path().join("ledger.redb"), 64).expect("open");
+    let id = TokenId::from_jti;
+    assert_eq!(block_on(l.revoke(Revocation::Token(id("then")), T0)), Ok(0));
+    assert_eq!(
+        block_on(l.revoke(Revocation::Token(id("later")), T0 + 3600)),
+        Ok(0)
+    );
+    assert_eq!(block_on(l.sweep(T0 + 3601, keep(3600, 3600))), Ok(0));
+    assert!(!l.index().is_pending(&id("then")));
+    assert!(l.index().is_pending(&id("later")));
+    assert_eq!(l.stats().pending_revocations, 1);
 }
 
 /// The ids in the store's table of waiting revocations, in key order.
@@ -196,12 +226,15 @@ fn records_are_visible_and_survive_reopen() {
         let l = EmbeddedLedger::open(&path, 64).expect("open");
         block_on(l.record(vec![rec("a", "alice", T0), rec("b", "bob", T0)])).expect("record");
         assert_eq!(l.check_local(&q("a", "alice")), Some(Answer::Issued));
-        block_on(l.revoke(Revocation::Token(TokenId::from_jti("b")))).expect("revoke");
-        block_on(l.revoke(Revocation::Kid("k9".into()))).expect("revoke kid");
-        block_on(l.revoke(Revocation::Account {
-            account: "carol".into(),
-            at: T0,
-        }))
+        block_on(l.revoke(Revocation::Token(TokenId::from_jti("b")), T0)).expect("revoke");
+        block_on(l.revoke(Revocation::Kid("k9".into()), T0)).expect("revoke kid");
+        block_on(l.revoke(
+            Revocation::Account {
+                account: "carol".into(),
+                at: T0,
+            },
+            T0,
+        ))
         .expect("revoke account");
     }
     let l = EmbeddedLedger::open(&path, 64).expect("reopen");
@@ -339,7 +372,7 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
     // The other way: what the new one commits reaches the old one's memory.
     assert!(handback_path(&path).exists());
     block_on(new.record(vec![rec("n", "nina", T0)])).expect("record");
-    block_on(new.revoke(Revocation::Token(TokenId::from_jti("a")))).expect("revoke");
+    block_on(new.revoke(Revocation::Token(TokenId::from_jti("a")), T0)).expect("revoke");
     assert!(
         wait_until(Duration::from_secs(2), || old.check_local(&q("n", "nina"))
             == Some(Answer::Issued)
@@ -349,7 +382,7 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
     // A token revoked through the new one before its record exists, whose record then
     // reaches the old one (a login it still serves): refused by both.
     assert_eq!(
-        block_on(new.revoke(Revocation::Token(TokenId::from_jti("w")))),
+        block_on(new.revoke(Revocation::Token(TokenId::from_jti("w")), T0)),
         Ok(0)
     );
     assert!(
@@ -370,7 +403,7 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
     );
     assert_eq!(new.stats().pending_revocations, 0);
     // Writes the journal cannot carry are refused with a reason, not dropped.
-    let e = block_on(old.revoke(Revocation::Kid("k1".into()))).expect_err("refused");
+    let e = block_on(old.revoke(Revocation::Kid("k1".into()), T0)).expect_err("refused");
     assert!(e.to_string().contains("handed its ledger"), "{e}");
     assert!(block_on(old.get(&TokenId::from_jti("a"))).is_err());
     assert_eq!(

@@ -577,6 +577,7 @@ impl WardenProxy {
         e.account = Some(v.account.to_string());
         e.token_hash = Some(token_hash(&id));
         e.path = Some(path.to_owned());
+        let now = unix_now();
         tokio::spawn(async move {
             let timeout = shared
                 .settings
@@ -584,7 +585,9 @@ impl WardenProxy {
                 .ledger
                 .timeout
                 .max(Duration::from_secs(2));
-            match tokio::time::timeout(timeout, shared.ledger.revoke(Revocation::Token(id))).await {
+            match tokio::time::timeout(timeout, shared.ledger.revoke(Revocation::Token(id), now))
+                .await
+            {
                 Ok(Ok(_)) => {}
                 Ok(Err(err)) => e.detail = Some(format!("revocation failed: {err}")),
                 Err(_) => e.detail = Some(format!("revocation took longer than {timeout:?}")),

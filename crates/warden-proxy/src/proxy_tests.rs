@@ -36,7 +36,7 @@ impl Ledger for Stuck {
     async fn record(&self, _: Vec<Record>) -> Result<(), LedgerError> {
         Ok(())
     }
-    async fn revoke(&self, _: Revocation) -> Result<u64, LedgerError> {
+    async fn revoke(&self, _: Revocation, _: u64) -> Result<u64, LedgerError> {
         Ok(0)
     }
     async fn get(&self, _: &TokenId) -> Result<Option<RecordView>, LedgerError> {
@@ -58,7 +58,7 @@ impl Ledger for Broken {
     async fn record(&self, _: Vec<Record>) -> Result<(), LedgerError> {
         Ok(())
     }
-    async fn revoke(&self, _: Revocation) -> Result<u64, LedgerError> {
+    async fn revoke(&self, _: Revocation, _: u64) -> Result<u64, LedgerError> {
         Ok(0)
     }
     async fn get(&self, _: &TokenId) -> Result<Option<RecordView>, LedgerError> {
@@ -85,7 +85,7 @@ impl Ledger for Late {
     async fn record(&self, _: Vec<Record>) -> Result<(), LedgerError> {
         Ok(())
     }
-    async fn revoke(&self, _: Revocation) -> Result<u64, LedgerError> {
+    async fn revoke(&self, _: Revocation, _: u64) -> Result<u64, LedgerError> {
         Ok(0)
     }
     async fn get(&self, _: &TokenId) -> Result<Option<RecordView>, LedgerError> {

@@ -98,7 +98,7 @@ pub fn main(cmd: LedgerCommand) -> ExitCode {
                 }
             };
             let token = matches!(r, Revocation::Token(_));
-            match rt.block_on(ledger.revoke(r)) {
+            match rt.block_on(ledger.revoke(r, now)) {
                 Ok(0) if token => {
                     println!("revoked (no record of this token yet: the revocation waits for it, up to ledger.pending_revocation_ttl)");
                     ExitCode::SUCCESS
