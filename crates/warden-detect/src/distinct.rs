@@ -37,11 +37,10 @@
 //!
 //! **Memory.** The set is 24 bytes, in the entry; small mode adds nothing up to 2 values,
 //! then a heap array of 8 bytes a value, doubled from 4 as needed up to 64 (at most 512
-//! bytes); large mode adds 2 × 1 KiB of registers and 168 bytes of sketch headers,
-//! union and cached counts (checked in the tests). (Two
-//! values inline rather than three: the third would make every slot of every entry 8
-//! bytes larger, distinct or not, and the rule state is what a replay or a busy node
-//! waits on memory for.)
+//! bytes); large mode adds 2 × 1 KiB of registers and 168 bytes of sketch headers, union
+//! and cached counts (checked in the tests). Two values inline rather than three: the
+//! third would make every slot of every entry 8 bytes larger, distinct or not, and the
+//! rule state is what a replay or a busy node waits on memory for.
 
 use std::hash::BuildHasherDefault;
 
@@ -109,7 +108,9 @@ impl Union {
 
     /// A register holding `old` is offered `new` (`HyperLogLog::update`'s steps).
     fn offer(&mut self, old: u8, new: u8) {
-        self.zeros -= usize::from(old == 0 && new > 0);
+        // (Saturating: the same result whenever the counts agree with the registers,
+        // which every path that builds a set ensures.)
+        self.zeros = self.zeros.saturating_sub(usize::from(old == 0 && new > 0));
         self.sum -= (inv_pow2(old) - inv_pow2(new)).max(0.0);
     }
 
