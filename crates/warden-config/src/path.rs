@@ -28,7 +28,7 @@ pub enum PathError {
 /// Whether `raw` is already normal: printable ASCII with no `%`, `;` or `\\`, no `//`
 /// or `/.`, and (when folding case) no upper case. One pass over the bytes, each test a
 /// comparison, because every request asks it (three passes and two substring searches
-/// were about 3 % of a log replay).
+/// were 3 % of a log replay's instructions).
 fn is_plain(raw: &[u8], lowercase: bool) -> bool {
     let mut after_slash = false;
     for &b in raw {

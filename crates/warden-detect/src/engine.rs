@@ -359,7 +359,6 @@ pub struct Engine {
     max_bans: usize,
     last_idle_sweep_ms: AtomicU64,
     idle_sweep_ms: AtomicU64,
-    /// [`MANUAL_NAME`], shared by every decision and ban it names.
     /// No ban ends before this (unix ms; a lower bound: lowered whenever a ban is placed,
     /// set exactly by a walk over the bans): [`Engine::sweep`] walks the bans only once
     /// one may have ended, not on every call.
@@ -407,9 +406,9 @@ const MANUAL_NAME: &str = "manual";
 
 /// A rule's name as hits, tags and decisions carry it: interned, so that naming the rule
 /// of a hit is a copy, where an `Arc<str>` clone and its drop cost two locked
-/// instructions per hit (about 3 % of a log replay, whose scrapers hit several rules on
-/// every request). Each distinct name is kept once for the life of the process: a few
-/// bytes per rule name ever loaded, however many times the rules are reloaded.
+/// instructions per hit (a log replay's scrapers hit several rules on every request).
+/// Each distinct name is kept once for the life of the process: a few bytes per rule
+/// name ever loaded, however many times the rules are reloaded.
 #[must_use]
 pub(crate) fn intern(name: &str) -> &'static str {
     static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
@@ -1718,6 +1717,15 @@ mod digest_tests {
             self.0 ^= self.0 << 17;
             self.0
         }
+    }
+
+    #[test]
+    fn a_name_is_interned_once() {
+        let a = intern("accounts-per-ip");
+        let b = intern(&String::from("accounts-per-ip"));
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a, "accounts-per-ip");
+        assert!(!std::ptr::eq(a, intern("accounts-per-ip-day")));
     }
 
     #[test]
