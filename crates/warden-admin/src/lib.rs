@@ -474,7 +474,7 @@ impl AdminApp {
                     .bans(now_ms)
                     .into_iter()
                     .map(|(id, b)| {
-                        json!({"id": id, "rule": &*b.rule, "key": b.key, "placed_at_ms": b.placed_ms, "until_ms": b.until_ms})
+                        json!({"id": id, "rule": b.rule, "key": b.key, "placed_at_ms": b.placed_ms, "until_ms": b.until_ms})
                     })
                     .collect();
                 reply(StatusCode::OK, &json!({"bans": bans}))

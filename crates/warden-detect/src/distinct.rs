@@ -231,17 +231,55 @@ impl Large {
 
     /// [`DistinctSet::estimate`] of a large set, reusing the raw counts it made last.
     fn estimate_cached(&mut self, now_ms: u64, window_ms: u64) -> f64 {
-        let e = epoch(now_ms, window_ms);
-        let (curr, prev_only) = if e == self.epoch {
-            let curr = self.counted[0].of_hll(&self.curr);
-            (curr, (self.counted[1].of_union(&self.both) - curr).max(0.0))
-        } else if e == self.epoch.wrapping_add(1) {
-            (0.0, self.counted[0].of_hll(&self.curr))
-        } else {
-            (0.0, 0.0)
-        };
-        prev_only * (1.0 - fraction(now_ms, window_ms)) + curr
+        let Large {
+            epoch,
+            curr,
+            both,
+            counted: [c, b],
+            ..
+        } = self;
+        windowed(
+            *epoch,
+            now_ms,
+            window_ms,
+            || c.of_hll(curr),
+            || b.of_union(both),
+        )
     }
+
+    /// [`DistinctSet::estimate`] of a large set, counting afresh.
+    fn estimate(&self, now_ms: u64, window_ms: u64) -> f64 {
+        windowed(
+            self.epoch,
+            now_ms,
+            window_ms,
+            || self.curr.raw_count(),
+            || self.both.raw_count(),
+        )
+    }
+}
+
+/// The estimate of the window ending at `now_ms` from a large set's sketches of window
+/// `epoch`, given their counts (`|curr|`, `|prev ∪ curr|`), each asked for only when
+/// that window needs it.
+fn windowed(
+    epoch_of_curr: u32,
+    now_ms: u64,
+    window_ms: u64,
+    curr: impl FnOnce() -> f64,
+    both: impl FnOnce() -> f64,
+) -> f64 {
+    let e = epoch(now_ms, window_ms);
+    // (values seen in this window, values seen only in the previous one)
+    let (curr, prev_only) = if e == epoch_of_curr {
+        let curr = curr();
+        (curr, (both() - curr).max(0.0))
+    } else if e == epoch_of_curr.wrapping_add(1) {
+        (0.0, curr())
+    } else {
+        (0.0, 0.0)
+    };
+    prev_only * (1.0 - fraction(now_ms, window_ms)) + curr
 }
 
 /// One key's distinct set: 24 bytes, the size of the slot it lives in (`state.rs`).
@@ -323,6 +361,11 @@ const SMALL_FIRST: usize = (INLINE + 1).next_power_of_two();
 
 const ITEM_BYTES: usize = std::mem::size_of::<(u32, u32)>();
 
+/// How many of `items` were seen after `cutoff` (unix seconds): within the window.
+fn live(items: &[(u32, u32)], cutoff: u32) -> usize {
+    items.iter().filter(|(_, t)| *t > cutoff).count()
+}
+
 /// A set holding `items` (at most [`SMALL_MAX`]), inline if they fit.
 fn exact(last_seen_s: u32, items: &[(u32, u32)]) -> Repr {
     if items.len() <= INLINE {
@@ -334,8 +377,9 @@ fn exact(last_seen_s: u32, items: &[(u32, u32)]) -> Repr {
             items: inline,
         };
     }
-    let mut v = items.to_vec();
-    v.resize(items.len().next_power_of_two().max(SMALL_FIRST), (0, 0));
+    let mut v = Vec::with_capacity(items.len().next_power_of_two().max(SMALL_FIRST));
+    v.extend_from_slice(items);
+    v.resize(v.capacity(), (0, 0));
     Repr::Small {
         len: items.len() as u8,
         last_seen_s,
@@ -350,7 +394,6 @@ impl DistinctSet {
         let now_s = secs(now_ms);
         let window_s = window_secs(window_ms);
         let cutoff = now_s.saturating_sub(window_s);
-        let live = |items: &[(u32, u32)]| items.iter().filter(|(_, t)| *t > cutoff).count();
         match &mut self.0 {
             Repr::Inline {
                 len,
@@ -361,28 +404,24 @@ impl DistinctSet {
                 let n = usize::from(*len);
                 if let Some(it) = items[..n].iter_mut().find(|(f, _)| *f == fp) {
                     it.1 = now_s;
-                    return (live(&items[..n]) as f64, 0);
+                    return (live(&items[..n], cutoff) as f64, 0);
                 }
                 // Reuse an expired slot, else grow.
                 if let Some(it) = items[..n].iter_mut().find(|(_, t)| *t <= cutoff) {
                     *it = (fp, now_s);
-                    return (live(&items[..n]) as f64, 0);
+                    return (live(&items[..n], cutoff) as f64, 0);
                 }
                 if n < INLINE {
                     items[n] = (fp, now_s);
                     *len += 1;
-                    return (live(&items[..=n]) as f64, 0);
+                    return (live(&items[..=n], cutoff) as f64, 0);
                 }
-                let mut v = vec![(0, 0); SMALL_FIRST];
-                v[..n].copy_from_slice(&items[..n]);
-                v[n] = (fp, now_s);
-                let est = live(&v[..=n]) as f64;
-                self.0 = Repr::Small {
-                    len: (n + 1) as u8,
-                    last_seen_s: now_s,
-                    items: v.into_boxed_slice(),
-                };
-                (est, (SMALL_FIRST * ITEM_BYTES) as isize)
+                // Full: the values and the new one go to the heap.
+                let mut all = [(fp, now_s); INLINE + 1];
+                all[..INLINE].copy_from_slice(items);
+                let est = live(&all, cutoff) as f64;
+                self.0 = exact(now_s, &all);
+                (est, self.heap_bytes() as isize)
             }
             Repr::Small {
                 len,
@@ -393,7 +432,7 @@ impl DistinctSet {
                 let n = usize::from(*len);
                 if let Some(it) = position(&items[..n], fp).and_then(|i| items.get_mut(i)) {
                     it.1 = now_s;
-                    return (live(&items[..n]) as f64, 0);
+                    return (live(&items[..n], cutoff) as f64, 0);
                 }
                 // Drop the values out of the window, keeping the order.
                 let mut kept = 0;
@@ -455,23 +494,10 @@ impl DistinctSet {
         let now_s = secs(now_ms);
         let window_s = window_secs(window_ms);
         let cutoff = now_s.saturating_sub(window_s);
-        let live = |items: &[(u32, u32)]| items.iter().filter(|(_, t)| *t > cutoff).count();
         match &self.0 {
-            Repr::Inline { len, items, .. } => live(&items[..usize::from(*len)]) as f64,
-            Repr::Small { len, items, .. } => live(&items[..usize::from(*len)]) as f64,
-            Repr::Large { sketch: l, .. } => {
-                let e = epoch(now_ms, window_ms);
-                // (values seen in this window, values seen only in the previous one)
-                let (curr, prev_only) = if e == l.epoch {
-                    let curr = l.curr.raw_count();
-                    (curr, (l.both.raw_count() - curr).max(0.0))
-                } else if e == l.epoch.wrapping_add(1) {
-                    (0.0, l.curr.raw_count())
-                } else {
-                    (0.0, 0.0)
-                };
-                prev_only * (1.0 - fraction(now_ms, window_ms)) + curr
-            }
+            Repr::Inline { len, items, .. } => live(&items[..usize::from(*len)], cutoff) as f64,
+            Repr::Small { len, items, .. } => live(&items[..usize::from(*len)], cutoff) as f64,
+            Repr::Large { sketch: l, .. } => l.estimate(now_ms, window_ms),
         }
     }
 
@@ -631,7 +657,7 @@ fn read_hll(r: &mut Reader<'_>) -> Result<Hll, SnapshotError> {
     // The sketch's running sum and zero count are derived, not stored: recomputed here
     // they cannot disagree with the registers.
     let zeros = regs.iter().filter(|x| **x == 0).count();
-    let sum: f64 = regs.iter().map(|x| (-f64::from(*x)).exp2()).sum();
+    let sum: f64 = regs.iter().map(|x| inv_pow2(*x)).sum();
     Ok(HyperLogLog::from_parts(
         regs.into(),
         BuildHasherDefault::default(),

@@ -148,8 +148,8 @@ pub struct Ban {
     pub until_ms: u64,
     /// Unix milliseconds it began.
     pub placed_ms: u64,
-    /// The rule that placed it, or `manual`.
-    pub rule: Arc<str>,
+    /// The rule that placed it, or `manual` (interned, as in [`Hit::rule`]).
+    pub rule: &'static str,
     /// The key, readable (`ip=192.0.2.1`).
     pub key: String,
 }
@@ -404,8 +404,8 @@ pub struct SweepReport {
 /// The name bans placed through the admin API carry.
 const MANUAL_NAME: &str = "manual";
 
-/// A rule's name as hits, tags and decisions carry it: interned, so that naming the rule
-/// of a hit is a copy, where an `Arc<str>` clone and its drop cost two locked
+/// A rule's name as hits, tags, decisions and bans carry it: interned, so that naming the
+/// rule of a hit is a copy, where an `Arc<str>` clone and its drop cost two locked
 /// instructions per hit (a log replay's scrapers hit several rules on every request).
 /// Each distinct name is kept once for the life of the process: a few bytes per rule
 /// name ever loaded, however many times the rules are reloaded.
@@ -497,7 +497,7 @@ impl Engine {
         display: &str,
     ) -> bool {
         let name = if scope == MANUAL {
-            Arc::from(MANUAL_NAME)
+            MANUAL_NAME
         } else {
             match self
                 .set
@@ -506,7 +506,7 @@ impl Engine {
                 .iter()
                 .find(|c| c.fingerprint == scope)
             {
-                Some(c) => Arc::from(c.name),
+                Some(c) => c.name,
                 None => return false,
             }
         };
@@ -551,7 +551,7 @@ impl Engine {
                     key,
                     placed_ms: ban.placed_ms,
                     until_ms: ban.until_ms,
-                    rule: Arc::clone(&ban.rule),
+                    rule: ban.rule,
                     display: ban.key.clone(),
                 });
             }
@@ -693,17 +693,6 @@ impl Engine {
         self.ban_count.store(self.bans.len(), Ordering::Relaxed);
         self.max_state_bytes
             .store(max_state_bytes, Ordering::Relaxed);
-    }
-
-    /// Names of the rules in force, in evaluation order.
-    #[must_use]
-    pub fn rule_names(&self) -> Vec<Arc<str>> {
-        self.set
-            .load()
-            .rules
-            .iter()
-            .map(|c| Arc::from(c.name))
-            .collect()
     }
 
     fn hasher(&self) -> SipHasher13 {
@@ -950,7 +939,7 @@ impl Engine {
         &self,
         scope: BanScope,
         key: u64,
-        rule: &str,
+        rule: &'static str,
         display: impl FnOnce() -> String,
         now_ms: u64,
         until_ms: u64,
@@ -964,7 +953,7 @@ impl Engine {
             Ban {
                 until_ms,
                 placed_ms: now_ms,
-                rule: Arc::from(rule),
+                rule,
                 key: display(),
             },
             true,
@@ -988,7 +977,7 @@ impl Engine {
             Ban {
                 until_ms,
                 placed_ms: now_ms,
-                rule: Arc::from(MANUAL_NAME),
+                rule: MANUAL_NAME,
                 key: display,
             },
             true,

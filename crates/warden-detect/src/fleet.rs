@@ -25,7 +25,7 @@
 //! keys are counted locally only (counted in [`FleetState::overflow`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use dashmap::DashMap;
 
@@ -116,7 +116,7 @@ pub enum FleetNote {
         /// Unix milliseconds it ends.
         until_ms: u64,
         /// The rule's name, or `manual`.
-        rule: Arc<str>,
+        rule: &'static str,
         /// The key, readable.
         display: String,
     },

@@ -523,7 +523,7 @@ fn manual_bans_by_ip_account_and_token() {
     let report = e.sweep(T0 + 60_001);
     assert_eq!(report.bans_expired, 1);
     assert_eq!(report.ended[0].key, "ip=192.0.2.77");
-    assert_eq!(&*report.ended[0].rule, "manual");
+    assert_eq!(report.ended[0].rule, "manual");
     assert!(!e.lift(&id), "an ended ban is gone");
     let id = e
         .ban_manual(&Field::Ip, "192.0.2.77", T0, T0 + 60_000)
@@ -1023,7 +1023,7 @@ fn sweeps_end_each_ban_on_time_without_walking_the_bans_every_call() {
     );
     let r = e.sweep(T0 + 600_002);
     assert_eq!(r.ended.len(), 1);
-    assert_eq!(&*r.ended[0].rule, "ban-accounts");
+    assert_eq!(r.ended[0].rule, "ban-accounts");
     assert_eq!(e.active_bans(T0 + 600_002), 0);
     // A ban whose end is already behind the last sweep is still found.
     e.ban_manual(&Field::Ip, "192.0.2.3", T0, T0 + 1_000)

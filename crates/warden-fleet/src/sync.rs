@@ -598,7 +598,7 @@ async fn publish(inner: &Inner, state: &FleetState) {
                     .arg("u")
                     .arg(until_ms.to_string())
                     .arg("r")
-                    .arg(&**rule)
+                    .arg(*rule)
                     .arg("d")
                     .arg(display);
                 let id = ban_id(*scope, *key);

@@ -31,6 +31,11 @@ fn keep(expiry_grace: u64, pending_revocation_ttl: u64) -> Retention {
     }
 }
 
+/// Revokes the token of `jti` through the ledger at `now` (unix seconds).
+fn revoke_jti(l: &EmbeddedLedger, jti: &str, now: u64) -> Result<u64, LedgerError> {
+    block_on(l.revoke(Revocation::Token(TokenId::from_jti(jti)), now))
+}
+
 /// A token revoked by its id before its record arrives is recorded revoked, across
 /// restarts; the waiting revocations are capped and swept by age.
 #[test]
@@ -41,14 +46,8 @@ fn a_token_revoked_before_its_record_is_recorded_revoked() {
     let now = unix_now();
     {
         let l = EmbeddedLedger::open(&path, 64).expect("open");
-        assert_eq!(
-            block_on(l.revoke(Revocation::Token(id("early")), now)),
-            Ok(0)
-        );
-        assert_eq!(
-            block_on(l.revoke(Revocation::Token(id("late")), now)),
-            Ok(0)
-        );
+        assert_eq!(revoke_jti(&l, "early", now), Ok(0));
+        assert_eq!(revoke_jti(&l, "late", now), Ok(0));
         assert_eq!(l.stats().pending_revocations, 2);
     }
     {
@@ -70,20 +69,14 @@ fn a_token_revoked_before_its_record_is_recorded_revoked() {
         assert_eq!(l.stats().pending_revocations, 1);
         // The cap refuses a new id, and only a new id.
         l.index().set_pending_cap(1);
-        let e = block_on(l.revoke(Revocation::Token(id("refused")), now)).expect_err("full");
+        let e = revoke_jti(&l, "refused", now).expect_err("full");
         assert_eq!(e, LedgerError::Full { waiting: 1, cap: 1 });
         assert!(
             e.to_string().contains("ledger.max_pending_revocations = 1"),
             "{e}"
         );
-        assert_eq!(
-            block_on(l.revoke(Revocation::Token(id("late")), now)),
-            Ok(0)
-        );
-        assert_eq!(
-            block_on(l.revoke(Revocation::Token(id("other")), now)),
-            Ok(1)
-        );
+        assert_eq!(revoke_jti(&l, "late", now), Ok(0));
+        assert_eq!(revoke_jti(&l, "other", now), Ok(1));
     }
     {
         let l = EmbeddedLedger::open(&path, 64).expect("reopen");
@@ -115,11 +108,8 @@ fn a_waiting_revocation_is_kept_from_the_time_it_was_given() {
     let dir = tempfile::tempdir().expect("tempdir");
     let l = EmbeddedLedger::open(&dir.path().join("ledger.redb"), 64).expect("open");
     let id = TokenId::from_jti;
-    assert_eq!(block_on(l.revoke(Revocation::Token(id("then")), T0)), Ok(0));
-    assert_eq!(
-        block_on(l.revoke(Revocation::Token(id("later")), T0 + 3600)),
-        Ok(0)
-    );
+    assert_eq!(revoke_jti(&l, "then", T0), Ok(0));
+    assert_eq!(revoke_jti(&l, "later", T0 + 3600), Ok(0));
     assert_eq!(block_on(l.sweep(T0 + 3601, keep(3600, 3600))), Ok(0));
     assert!(!l.index().is_pending(&id("then")));
     assert!(l.index().is_pending(&id("later")));
@@ -226,7 +216,7 @@ fn records_are_visible_and_survive_reopen() {
         let l = EmbeddedLedger::open(&path, 64).expect("open");
         block_on(l.record(vec![rec("a", "alice", T0), rec("b", "bob", T0)])).expect("record");
         assert_eq!(l.check_local(&q("a", "alice")), Some(Answer::Issued));
-        block_on(l.revoke(Revocation::Token(TokenId::from_jti("b")), T0)).expect("revoke");
+        revoke_jti(&l, "b", T0).expect("revoke");
         block_on(l.revoke(Revocation::Kid("k9".into()), T0)).expect("revoke kid");
         block_on(l.revoke(
             Revocation::Account {
@@ -372,7 +362,7 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
     // The other way: what the new one commits reaches the old one's memory.
     assert!(handback_path(&path).exists());
     block_on(new.record(vec![rec("n", "nina", T0)])).expect("record");
-    block_on(new.revoke(Revocation::Token(TokenId::from_jti("a")), T0)).expect("revoke");
+    revoke_jti(&new, "a", T0).expect("revoke");
     assert!(
         wait_until(Duration::from_secs(2), || old.check_local(&q("n", "nina"))
             == Some(Answer::Issued)
@@ -381,10 +371,7 @@ fn hand_over_releases_the_store_and_passes_later_records_on() {
     );
     // A token revoked through the new one before its record exists, whose record then
     // reaches the old one (a login it still serves): refused by both.
-    assert_eq!(
-        block_on(new.revoke(Revocation::Token(TokenId::from_jti("w")), T0)),
-        Ok(0)
-    );
+    assert_eq!(revoke_jti(&new, "w", T0), Ok(0));
     assert!(
         wait_until(Duration::from_secs(2), || old
             .index()

@@ -10,7 +10,6 @@
 //! ten-minute rule is idle and is not restored at all.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use warden_rules::Measure;
 
@@ -208,13 +207,13 @@ impl Engine {
         }
         let mut manual = 0;
         for b in saved.bans {
-            let rule: Option<Arc<str>> = if b.scope == MANUAL {
-                Some(Arc::from(super::MANUAL_NAME))
+            let rule: Option<&'static str> = if b.scope == MANUAL {
+                Some(super::MANUAL_NAME)
             } else {
                 set.rules
                     .iter()
                     .find(|c| c.fingerprint == b.scope)
-                    .map(|c| Arc::from(c.name))
+                    .map(|c| c.name)
             };
             let Some(rule) =
                 rule.filter(|_| b.until_ms > now_ms && self.bans.len() < self.max_bans)
