@@ -260,8 +260,38 @@ pub struct Offender {
 /// estimates, fed only by requests at or over half the rule's threshold, through a
 /// `try_lock` that skips the update rather than wait, so it never slows a request.
 /// The SOC reads it from the admin API instead of per-key metric labels.
-#[derive(Debug, Default)]
-pub struct TopOffenders(std::sync::Mutex<Top>);
+///
+/// Under attack most offers come from keys that are not in the full list and would not
+/// enter it (in the report scenario, two thirds of 742 000 offers); two atomics answer
+/// those without the lock: a filter of the listed keys and the list's lowest estimate,
+/// both kept under the lock as the list changes. The list is the same as without them
+/// (tested against a model).
+#[derive(Debug)]
+pub struct TopOffenders {
+    top: std::sync::Mutex<Top>,
+    /// Bit `key % 256` of every listed key: a key whose bit is clear is not listed (with
+    /// 32 keys listed, one key in eight not listed has its bit set by another).
+    members: [AtomicU64; 4],
+    /// The lowest estimate of the full list, as `f64` bits, or -1 while the list has
+    /// room. It may lag behind the list's lowest, never above it: a key under it and
+    /// not in the list would not enter the list.
+    floor: AtomicU64,
+}
+
+impl Default for TopOffenders {
+    fn default() -> Self {
+        Self {
+            top: std::sync::Mutex::default(),
+            members: [const { AtomicU64::new(0) }; 4],
+            floor: AtomicU64::new((-1f64).to_bits()),
+        }
+    }
+}
+
+/// The word of [`TopOffenders::members`] holding `key`'s bit, and the bit.
+fn member_bit(key: u64) -> (usize, u64) {
+    ((key >> 6) as usize % 4, 1 << (key % 64))
+}
 
 #[derive(Debug, Default)]
 struct Top {
@@ -275,7 +305,13 @@ struct Top {
 
 impl TopOffenders {
     fn offer(&self, key: u64, estimate: f64, now_ms: u64, display: impl FnOnce() -> String) {
-        let Ok(mut top) = self.0.try_lock() else {
+        let (word, bit) = member_bit(key);
+        if self.members[word].load(Ordering::Relaxed) & bit == 0
+            && estimate <= f64::from_bits(self.floor.load(Ordering::Relaxed))
+        {
+            return;
+        }
+        let Ok(mut top) = self.top.try_lock() else {
             return;
         };
         let top = &mut *top;
@@ -297,6 +333,7 @@ impl TopOffenders {
         };
         if top.list.len() < TOP_K {
             top.list.push(entry(display()));
+            self.members[word].fetch_or(bit, Ordering::Relaxed);
             return;
         }
         let min = match top.min {
@@ -308,17 +345,31 @@ impl TopOffenders {
                 .min_by(|a, b| a.1.estimate.total_cmp(&b.1.estimate))
                 .map(|(i, _)| i),
         };
+        if top.min.is_none() {
+            if let Some(i) = min {
+                self.floor
+                    .store(top.list[i].estimate.to_bits(), Ordering::Relaxed);
+            }
+        }
         top.min = min;
         if let Some(i) = min {
             if estimate > top.list[i].estimate {
                 top.list[i] = entry(display());
                 top.min = None;
+                let mut members = [0u64; 4];
+                for o in &top.list {
+                    let (w, b) = member_bit(o.key);
+                    members[w] |= b;
+                }
+                for (a, m) in self.members.iter().zip(members) {
+                    a.store(m, Ordering::Relaxed);
+                }
             }
         }
     }
 
     fn list(&self, since_ms: u64) -> Vec<Offender> {
-        let mut v: Vec<Offender> = match self.0.lock() {
+        let mut v: Vec<Offender> = match self.top.lock() {
             Ok(t) => t
                 .list
                 .iter()
@@ -1825,7 +1876,7 @@ mod top_tests {
             t.offer(key, estimate, i, || key.to_string());
             naive(&mut model, key, estimate, i);
             if i % 97 == 0 {
-                let got = t.0.lock().expect("lock").list.clone();
+                let got = t.top.lock().expect("lock").list.clone();
                 let same = got.len() == model.len()
                     && got.iter().zip(&model).all(|(a, b)| {
                         (a.key, a.estimate.to_bits(), a.last_ms, &a.display)
