@@ -23,6 +23,7 @@
 //! entries (2 on average), no control bytes; [`Table::table_bytes`] reports it.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -354,7 +355,10 @@ impl<T> ShardLock<T> {
         {
             self.lock_contended();
         }
-        ShardGuard { lock: self }
+        ShardGuard {
+            lock: self,
+            _value: PhantomData,
+        }
     }
 
     #[cold]
@@ -386,6 +390,9 @@ impl<T> ShardLock<T> {
 /// shard's entries stay usable, as the table's users expect of a poisoned `Mutex` too).
 struct ShardGuard<'a, T> {
     lock: &'a ShardLock<T>,
+    /// Shared between threads only when `T` may be (`&mut T` is `Sync` iff `T` is), as
+    /// `std`'s `MutexGuard`: without it the guard would be `Sync` whenever `T: Send`.
+    _value: PhantomData<&'a mut T>,
 }
 
 impl<T> Deref for ShardGuard<'_, T> {
