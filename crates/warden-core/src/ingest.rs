@@ -44,42 +44,83 @@ struct Facts {
     kid: Option<String>,
 }
 
+/// One record as written, read but not yet checked: its shape is right (an object of the
+/// known fields with the right types), nothing more. [`RecordFacts::into_record`] checks
+/// the rest and makes the record.
+pub struct RecordFacts(Facts);
+
+impl RecordFacts {
+    /// Reads one JSON value.
+    pub fn from_json(v: Value) -> Result<Self, IngestError> {
+        serde_json::from_value(v)
+            .map(Self)
+            .map_err(|e| IngestError::Shape(e.to_string()))
+    }
+
+    /// Reads one line of a JSON-lines file, straight into the record's fields (no
+    /// intermediate JSON tree: a `warden ledger import` of millions of lines, or a
+    /// replay's `--records`, reads each line once). Blank lines give `None`.
+    pub fn parse_line(line: &str) -> Option<Result<Self, IngestError>> {
+        let line = line.trim();
+        if line.is_empty() {
+            return None;
+        }
+        Some(
+            serde_json::from_str(line)
+                .map(Self)
+                .map_err(|e| IngestError::Shape(format!("{e} in {:?}", truncate(line)))),
+        )
+    }
+
+    /// The issued token, for a record given in that form.
+    #[must_use]
+    pub fn token(&self) -> Option<&str> {
+        self.0.token.as_deref()
+    }
+
+    /// The record: the token verified (the key must be allowed to sign it at `now`, unix
+    /// seconds), or the facts checked.
+    pub fn into_record(self, verifier: &Verifier, now: u64) -> Result<Record, IngestError> {
+        let f = self.0;
+        if let Some(token) = f.token {
+            if f.jti.is_some() || f.token_id.is_some() || f.account.is_some() {
+                return Err(IngestError::Shape(
+                    "give either \"token\" alone or the facts (jti, account, issued_at, expires_at, kid)".into(),
+                ));
+            }
+            return verifier
+                .record_for_issued(&token, now)
+                .map_err(IngestError::Token);
+        }
+        let id = match (f.jti, f.token_id) {
+            (Some(j), None) if !j.is_empty() => TokenId::from_jti(&j),
+            (None, Some(h)) => {
+                TokenId::from_hex(&h).map_err(|e| IngestError::Invalid(e.to_string()))?
+            }
+            _ => {
+                return Err(IngestError::Shape(
+                    "exactly one of \"jti\" or \"token_id\" (or \"token\") is required".into(),
+                ))
+            }
+        };
+        let missing = |name: &str| IngestError::Shape(format!("missing field \"{name}\""));
+        let record = Record {
+            id,
+            account: f.account.ok_or_else(|| missing("account"))?,
+            issued_at: f.issued_at.ok_or_else(|| missing("issued_at"))?,
+            expires_at: f.expires_at.ok_or_else(|| missing("expires_at"))?,
+            kid: f.kid.ok_or_else(|| missing("kid"))?,
+        };
+        record
+            .validate()
+            .map_err(|e| IngestError::Invalid(e.to_string()))?;
+        Ok(record)
+    }
+}
+
 /// Turns one JSON value into a record.
 pub fn record_from_json(v: Value, verifier: &Verifier, now: u64) -> Result<Record, IngestError> {
-    let f: Facts = serde_json::from_value(v).map_err(|e| IngestError::Shape(e.to_string()))?;
-    if let Some(token) = f.token {
-        if f.jti.is_some() || f.token_id.is_some() || f.account.is_some() {
-            return Err(IngestError::Shape(
-                "give either \"token\" alone or the facts (jti, account, issued_at, expires_at, kid)".into(),
-            ));
-        }
-        return verifier
-            .record_for_issued(&token, now)
-            .map_err(IngestError::Token);
-    }
-    let id = match (f.jti, f.token_id) {
-        (Some(j), None) if !j.is_empty() => TokenId::from_jti(&j),
-        (None, Some(h)) => {
-            TokenId::from_hex(&h).map_err(|e| IngestError::Invalid(e.to_string()))?
-        }
-        _ => {
-            return Err(IngestError::Shape(
-                "exactly one of \"jti\" or \"token_id\" (or \"token\") is required".into(),
-            ))
-        }
-    };
-    let missing = |name: &str| IngestError::Shape(format!("missing field \"{name}\""));
-    let record = Record {
-        id,
-        account: f.account.ok_or_else(|| missing("account"))?,
-        issued_at: f.issued_at.ok_or_else(|| missing("issued_at"))?,
-        expires_at: f.expires_at.ok_or_else(|| missing("expires_at"))?,
-        kid: f.kid.ok_or_else(|| missing("kid"))?,
-    };
-    record
-        .validate()
-        .map_err(|e| IngestError::Invalid(e.to_string()))?;
-    Ok(record)
+    RecordFacts::from_json(v)?.into_record(verifier, now)
 }
 
 /// Parses one line of a JSON-lines file. Blank lines give `None`.
@@ -88,15 +129,7 @@ pub fn record_from_line(
     verifier: &Verifier,
     now: u64,
 ) -> Option<Result<Record, IngestError>> {
-    let line = line.trim();
-    if line.is_empty() {
-        return None;
-    }
-    Some(
-        serde_json::from_str::<Value>(line)
-            .map_err(|e| IngestError::Shape(format!("{e} in {:?}", truncate(line))))
-            .and_then(|v| record_from_json(v, verifier, now)),
-    )
+    RecordFacts::parse_line(line).map(|f| f?.into_record(verifier, now))
 }
 
 #[cfg(test)]
@@ -117,15 +150,20 @@ mod tests {
         )
     }
 
-    #[test]
-    fn from_token_and_from_facts_agree() {
-        let v = verifier();
-        let t = mint(
+    /// Alice's token, id `j1`, signed with key `k` at `NOW`, for a minute.
+    fn alice_token() -> String {
+        mint(
             SampleKey::RsA,
             "k",
             &json!({"sub":"alice","jti":"j1","iat":NOW,"exp":NOW+60}),
         )
-        .expect("mint");
+        .expect("mint")
+    }
+
+    #[test]
+    fn from_token_and_from_facts_agree() {
+        let v = verifier();
+        let t = alice_token();
         let a = record_from_json(json!({"token": t}), &v, NOW).expect("token record");
         let b = record_from_json(
             json!({"jti":"j1","account":"alice","issued_at":NOW,"expires_at":NOW+60,"kid":"k"}),
@@ -141,6 +179,43 @@ mod tests {
         )
         .expect("id record");
         assert_eq!(a, c);
+    }
+
+    /// A line is read straight into the record's fields, an admin API body through a JSON
+    /// value: the same record, or a refusal of the same kind, either way.
+    #[test]
+    fn a_line_and_a_json_value_read_alike() {
+        let v = verifier();
+        let t = alice_token();
+        let lines = [
+            json!({"token": t}).to_string(),
+            r#"{"jti":"j1","account":"alice","issued_at":1800000000,"expires_at":1800000060,"kid":"k"}"#.into(),
+            r#"{"jti":"j1","account":"alice","issued_at":1800000000,"expires_at":1800000060,"kid":"k","extra":1}"#.into(),
+            r#"{"jti":"j1","account":7,"issued_at":1800000000,"expires_at":1800000060,"kid":"k"}"#.into(),
+            r#"{"jti":"j1","account":"alice","issued_at":5,"expires_at":4,"kid":"k"}"#.into(),
+            r#"{"jti":"j1"}"#.into(),
+            json!({"token": t, "jti": "j1"}).to_string(),
+            "[1]".into(),
+        ];
+        let kind = |r: &Result<Record, IngestError>| match r {
+            Ok(rec) => format!("ok {rec:?}"),
+            Err(IngestError::Shape(_)) => "shape".into(),
+            Err(IngestError::Token(reason)) => format!("token {reason:?}"),
+            Err(IngestError::Invalid(_)) => "invalid".into(),
+        };
+        for line in &lines {
+            let by_line = record_from_line(line, &v, NOW).expect("not blank");
+            let value: Value = serde_json::from_str(line).expect("json");
+            let by_value = record_from_json(value, &v, NOW);
+            assert_eq!(kind(&by_line), kind(&by_value), "{line}");
+        }
+        assert!(record_from_line(&lines[0], &v, NOW).is_some_and(|r| r.is_ok()));
+        assert!(record_from_line(&lines[2], &v, NOW)
+            .is_some_and(|r| r.is_err_and(|e| e.to_string().contains("unknown field"))));
+        let facts = RecordFacts::parse_line(&lines[0])
+            .expect("not blank")
+            .expect("shape");
+        assert_eq!(facts.token(), Some(t.as_str()));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use warden_config::model::{Config, Routes};
-use warden_core::ingest::record_from_json;
+use warden_core::ingest::RecordFacts;
 use warden_core::ledger::Record;
 use warden_core::verify::Verifier;
 use warden_replay::format::{FieldMap, Format, Target};
@@ -80,21 +80,20 @@ fn load_records(files: &[PathBuf], verifier: &Verifier) -> Result<Vec<Record>, (
         let file = File::open(f).map_err(|e| eprintln!("{}: {e}", f.display()))?;
         for (i, line) in BufReader::new(file).lines().enumerate() {
             let line = line.map_err(|e| eprintln!("{}:{}: {e}", f.display(), i + 1))?;
-            if line.trim().is_empty() {
+            let Some(parsed) = RecordFacts::parse_line(&line) else {
                 continue;
-            }
-            let parsed = serde_json::from_str::<serde_json::Value>(&line)
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    let iat = v
-                        .get("token")
-                        .and_then(serde_json::Value::as_str)
+            };
+            let parsed = parsed
+                .and_then(|facts| {
+                    let iat = facts
+                        .token()
                         .and_then(|t| warden_core::token::parse(t, 1 << 16).ok())
                         .and_then(|p| p.claims.numeric_date("iat").ok())
                         .flatten()
                         .unwrap_or(0);
-                    record_from_json(v, verifier, iat).map_err(|e| e.to_string())
-                });
+                    facts.into_record(verifier, iat)
+                })
+                .map_err(|e| e.to_string());
             match parsed {
                 Ok(r) => out.push(r),
                 Err(e) => {
