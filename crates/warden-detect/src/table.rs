@@ -315,9 +315,8 @@ impl<V: Default> Table<V> {
 /// five times a request with the default pack. Here the release is an ordinary store.
 /// The price is how a thread waits: it spins a little, then yields its core until the
 /// lock is free, rather than sleeping in the kernel. Shards are held for one entry's
-/// update (tens of nanoseconds), a shard's doubling or a sweep's walk over one shard
-/// (a sixty-fourth of the table: about 100 µs at a million entries), so a waiter yields
-/// rarely and briefly.
+/// update (tens of nanoseconds), a shard's doubling or a sweep's walk over one shard (a
+/// sixty-fourth of the table), so a waiter yields rarely and briefly.
 struct ShardLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,
