@@ -241,6 +241,9 @@ fn run(args: &ReplayArgs) -> Result<ExitCode, ()> {
     if let Some(o) = other {
         replayers.push(replayer(&b, o, &map)?);
     }
+    // The records are in the replayers' ledgers now: their list (megabytes for a large
+    // ledger) goes back to the allocator before the replay, which then reuses it.
+    drop(b);
     let inputs = open_logs(&args.logs)?;
     let run = replay_logs(inputs, &map, &mut replayers);
     let report = replayers[0]
