@@ -313,10 +313,11 @@ impl<V: Default> Table<V> {
 /// `std`'s `Mutex` releases with an atomic swap (to learn whether a thread sleeps on
 /// it), a second locked instruction, and every lookup takes and releases one shard:
 /// five times a request with the default pack. Here the release is an ordinary store.
-/// The price is how a thread waits: it spins a little, then yields its core until the
-/// lock is free, rather than sleeping in the kernel. Shards are held for one entry's
-/// update (tens of nanoseconds), a shard's doubling or a sweep's walk over one shard (a
-/// sixty-fourth of the table), so a waiter yields rarely and briefly.
+/// The price is how a thread waits: it spins a little, yields its core a few times,
+/// then sleeps 50 µs at a time until the lock is free, rather than being woken by the
+/// kernel when it is. Shards are held for one entry's update (tens of nanoseconds), a
+/// shard's doubling or a sweep's walk over one shard (a sixty-fourth of the table), so a
+/// waiter rarely gets past the spins.
 struct ShardLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,
@@ -336,6 +337,11 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ShardLock<T> {
             .finish_non_exhaustive()
     }
 }
+
+/// A waiting thread's spins before it yields, and yields before it sleeps (50 µs at a
+/// time).
+const SPINS: u32 = 64;
+const YIELDS: u32 = 16;
 
 impl<T> ShardLock<T> {
     fn new(value: T) -> Self {
@@ -362,16 +368,21 @@ impl<T> ShardLock<T> {
 
     #[cold]
     fn lock_contended(&self) {
-        let mut spins = 0u32;
+        let mut waits = 0u32;
         loop {
             // Wait reading, not writing, so that waiters do not take the line from the
-            // holder; then try once.
+            // holder; then try once. Spin first (the usual hold is tens of nanoseconds),
+            // then yield the core, then sleep: a holder that is descheduled (a CPU quota
+            // spent, an oversubscribed node) or walking a large shard would otherwise be
+            // waited for by threads burning the same quota in `yield_now`.
             while self.locked.load(Ordering::Relaxed) {
-                if spins < 64 {
-                    spins += 1;
+                waits = waits.saturating_add(1);
+                if waits <= SPINS {
                     std::hint::spin_loop();
-                } else {
+                } else if waits <= SPINS + YIELDS {
                     std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
                 }
             }
             if self
@@ -517,8 +528,8 @@ mod tests {
     }
 
     /// One lock, four threads adding to a plain integer under it, some of them holding
-    /// it long enough that the others go through the yielding wait: no addition is lost,
-    /// and a guard dropped by a panic leaves the lock free.
+    /// it 2 ms, long enough that the others go through the spins, the yields and the
+    /// sleeps: no addition is lost, and a guard dropped by a panic leaves the lock free.
     #[test]
     fn the_shard_lock_excludes() {
         let lock = ShardLock::new(0u64);
