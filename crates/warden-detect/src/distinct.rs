@@ -377,9 +377,10 @@ fn exact(last_seen_s: u32, items: &[(u32, u32)]) -> Repr {
             items: inline,
         };
     }
-    let mut v = Vec::with_capacity(items.len().next_power_of_two().max(SMALL_FIRST));
+    let capacity = items.len().next_power_of_two().max(SMALL_FIRST);
+    let mut v = Vec::with_capacity(capacity);
     v.extend_from_slice(items);
-    v.resize(v.capacity(), (0, 0));
+    v.resize(capacity, (0, 0));
     Repr::Small {
         len: items.len() as u8,
         last_seen_s,

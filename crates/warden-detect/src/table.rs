@@ -11,7 +11,7 @@
 //! [`Table::prefetch`] lets the engine ask for every group's bucket before it takes the
 //! first lock, so the waits overlap. Everything else (bans, caches) stays on dashmap.
 //!
-//! **Layout.** [`SHARDS`] shards, each a lock (`ShardLock`, below: released with a
+//! **Layout.** [`SHARDS`] shards, each a lock (`RawShardLock`, below: released with a
 //! plain store) over a power-of-two array of buckets
 //! `(key, value)` with linear probing, at most 3/4 full (it doubles past that). The top
 //! bits of the key pick the shard, the low bits the home bucket: keys are keyed SipHash
@@ -22,11 +22,9 @@
 //! **Memory.** `capacity × (8 + size_of::<V>())`, capacity between 4/3 and 8/3 of the
 //! entries (2 on average), no control bytes; [`Table::table_bytes`] reports it.
 
-use std::cell::UnsafeCell;
-use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use lock_api::RawMutex as _;
 
 /// Number of shards (a power of two): bounds lock contention between worker threads and
 /// the pause of a shard's doubling (1/64 of the table).
@@ -308,7 +306,13 @@ impl<V: Default> Table<V> {
     }
 }
 
-/// A shard's lock: taken with one compare-and-swap, released with a plain store.
+/// A shard's lock: `lock_api`'s `Mutex` (its guard, its `Send`/`Sync` rules) over
+/// [`RawShardLock`].
+type ShardLock<T> = lock_api::Mutex<RawShardLock, T>;
+type ShardGuard<'a, T> = lock_api::MutexGuard<'a, RawShardLock, T>;
+
+/// The raw lock under a shard: taken with one compare-and-swap, released with a plain
+/// store.
 ///
 /// `std`'s `Mutex` releases with an atomic swap (to learn whether a thread sleeps on
 /// it), a second locked instruction, and every lookup takes and releases one shard:
@@ -318,24 +322,8 @@ impl<V: Default> Table<V> {
 /// kernel when it is. Shards are held for one entry's update (tens of nanoseconds), a
 /// shard's doubling or a sweep's walk over one shard (a sixty-fourth of the table), so a
 /// waiter rarely gets past the spins.
-struct ShardLock<T> {
+struct RawShardLock {
     locked: AtomicBool,
-    value: UnsafeCell<T>,
-}
-
-// SAFETY: the value is reached only through a `ShardGuard`, and at most one guard
-// exists at a time (the flag, taken by compare-and-swap with `Acquire` and released with
-// `Release`, orders each holder's accesses after the previous holder's), exactly as for
-// `Mutex<T>`, which is `Sync` when `T: Send`.
-#[allow(unsafe_code)]
-unsafe impl<T: Send> Sync for ShardLock<T> {}
-
-impl<T: std::fmt::Debug> std::fmt::Debug for ShardLock<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardLock")
-            .field("locked", &self.locked.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
 }
 
 /// A waiting thread's spins before it yields, and yields before it sleeps (50 µs at a
@@ -343,29 +331,38 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ShardLock<T> {
 const SPINS: u32 = 64;
 const YIELDS: u32 = 16;
 
-impl<T> ShardLock<T> {
-    fn new(value: T) -> Self {
-        Self {
-            locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
+// SAFETY: `lock` returns only once this thread has turned `locked` from false to true by
+// a compare-and-swap with `Acquire`, and `unlock` (called by the guard's holder only)
+// turns it back with `Release`: at most one holder at a time, each ordered after the one
+// before. The guard is not `Send` (`GuardNoSend`), as for `std`'s `Mutex`.
+#[allow(unsafe_code)]
+unsafe impl lock_api::RawMutex for RawShardLock {
+    const INIT: Self = Self {
+        locked: AtomicBool::new(false),
+    };
+    type GuardMarker = lock_api::GuardNoSend;
+
+    #[inline]
+    fn lock(&self) {
+        if !self.try_lock() {
+            self.lock_contended();
         }
     }
 
     #[inline]
-    fn lock(&self) -> ShardGuard<'_, T> {
-        if self
-            .locked
+    fn try_lock(&self) -> bool {
+        self.locked
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            self.lock_contended();
-        }
-        ShardGuard {
-            lock: self,
-            _value: PhantomData,
-        }
+            .is_ok()
     }
 
+    #[inline]
+    unsafe fn unlock(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+impl RawShardLock {
     #[cold]
     fn lock_contended(&self) {
         let mut waits = 0u32;
@@ -385,49 +382,10 @@ impl<T> ShardLock<T> {
                     std::thread::sleep(std::time::Duration::from_micros(50));
                 }
             }
-            if self
-                .locked
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
+            if self.try_lock() {
                 return;
             }
         }
-    }
-}
-
-/// The lock held: the value, until dropped (also when a panic unwinds through it: a
-/// shard's entries stay usable, as the table's users expect of a poisoned `Mutex` too).
-struct ShardGuard<'a, T> {
-    lock: &'a ShardLock<T>,
-    /// Shared between threads only when `T` may be (`&mut T` is `Sync` iff `T` is), as
-    /// `std`'s `MutexGuard`: without it the guard would be `Sync` whenever `T: Send`.
-    _value: PhantomData<&'a mut T>,
-}
-
-impl<T> Deref for ShardGuard<'_, T> {
-    type Target = T;
-    #[allow(unsafe_code)]
-    fn deref(&self) -> &T {
-        // SAFETY: this guard is the only one (see `ShardLock`'s `Sync`), so no `&mut`
-        // to the value exists elsewhere while it lives.
-        unsafe { &*self.lock.value.get() }
-    }
-}
-
-impl<T> DerefMut for ShardGuard<'_, T> {
-    #[allow(unsafe_code)]
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as for `deref`; `&mut self` makes this the only reference through the
-        // guard.
-        unsafe { &mut *self.lock.value.get() }
-    }
-}
-
-impl<T> Drop for ShardGuard<'_, T> {
-    #[inline]
-    fn drop(&mut self) {
-        self.lock.locked.store(false, Ordering::Release);
     }
 }
 

@@ -425,11 +425,14 @@ impl WardenProxy {
             .as_ref()
             .and_then(|d| d.checked.as_ref())
             .map(|c| Arc::clone(&c.verified));
+        // The decision's time: the rules count the request at it, and a revocation the
+        // decision makes is dated by it.
+        let now_ms = unix_now_ms();
         let verdict = {
             let headers = HeaderLookup(&req.headers);
             let claims = ClaimLookup(verified.as_deref());
             self.shared.engine.evaluate(&Facts {
-                now_ms: unix_now_ms(),
+                now_ms,
                 class,
                 route: route.map(|r| r.name.as_str()),
                 method: req.method.as_str(),
@@ -522,6 +525,7 @@ impl WardenProxy {
                         verdict.decided_by.unwrap_or(""),
                         &path,
                         client_ip,
+                        now_ms / 1000,
                     );
                 }
                 respond(
@@ -567,7 +571,16 @@ impl WardenProxy {
         }
     }
 
-    fn revoke_in_background(&self, v: &Verified, rule: &str, path: &str, client_ip: IpAddr) {
+    /// Revokes the token in the ledger without holding up the response; `now` (unix
+    /// seconds) is the decision's time, the revocation's.
+    fn revoke_in_background(
+        &self,
+        v: &Verified,
+        rule: &str,
+        path: &str,
+        client_ip: IpAddr,
+        now: u64,
+    ) {
         let shared = Arc::clone(&self.shared);
         let id = v.id;
         let mut e = Event::new("token_revoked");
@@ -577,7 +590,6 @@ impl WardenProxy {
         e.account = Some(v.account.to_string());
         e.token_hash = Some(token_hash(&id));
         e.path = Some(path.to_owned());
-        let now = unix_now();
         tokio::spawn(async move {
             let timeout = shared
                 .settings

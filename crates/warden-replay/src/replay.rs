@@ -122,7 +122,6 @@ pub struct Decided {
 /// Replays requests through one rule set.
 pub struct Replayer {
     engine: Engine,
-    rules: HashMap<Arc<str>, (usize, Rule)>,
     routes: Option<Routes>,
     provenance: Provenance,
     check_missing: bool,
@@ -198,7 +197,6 @@ impl Replayer {
         // over it, eviction takes the lowest-scoring entries, idle ones among them, so an
         // over-cap replay can differ from the proxy's in which low-scoring keys go.
         engine.set_idle_sweep_interval(IDLE_SWEEP_EVERY_MS);
-        engine.set_rules(setup.rules.clone(), setup.max_state_bytes);
         let ledger = MemIndex::new();
         for r in setup.records.iter() {
             ledger.insert(r);
@@ -212,14 +210,9 @@ impl Replayer {
         let check_missing =
             setup.log_has_tokens && matches!(setup.provenance, Provenance::Checked { .. });
         let stats = Stats::new(&setup.rules);
+        engine.set_rules(setup.rules, setup.max_state_bytes);
         Self {
             engine,
-            rules: setup
-                .rules
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| (Arc::from(r.name.as_str()), (i, r)))
-                .collect(),
             routes: setup.routes,
             provenance: setup.provenance,
             check_missing,
@@ -377,9 +370,8 @@ impl Replayer {
                 decided_by: verdict.decided_by,
             }
         };
-        let rules = &self.rules;
         self.stats
-            .count(req, now_ms, &d, Some(&verdict), Some((&facts, rules)));
+            .count(req, now_ms, &d, Some(&verdict), Some(&facts));
         self.verdict = verdict;
         d
     }
@@ -420,9 +412,6 @@ fn unverified(
     memo.insert(h, parsed.clone());
     parsed
 }
-
-/// The verdict's hits, for the statistics.
-pub(crate) type RuleTable = HashMap<Arc<str>, (usize, Rule)>;
 
 /// Whether a hit's action refuses the request (in shadow mode: would refuse).
 pub(crate) fn refusing(v: &Verdict, rule: &str) -> bool {

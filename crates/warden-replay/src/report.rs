@@ -11,7 +11,7 @@ use warden_detect::{describe_key, Facts, Verdict};
 use warden_rules::Rule;
 
 use crate::format::Request;
-use crate::replay::{refusing, Decided, Outcome, RuleTable};
+use crate::replay::{refusing, Decided, Outcome};
 
 /// Most distinct keys counted per rule for "top keys"; beyond, hits of new keys are
 /// counted as `keys_dropped`.
@@ -195,17 +195,18 @@ impl Stats {
 
     /// The index in `rules` of the rule named `name` (an engine's name, compared by
     /// pointer first).
-    fn rule_index(&mut self, name: &'static str, table: &RuleTable) -> Option<usize> {
+    fn rule_index(&mut self, name: &'static str) -> Option<usize> {
         // Names are interned (`warden_detect::intern`): one name, one address.
         if let Some((_, i)) = self.by_name.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
             return Some(*i);
         }
-        let (i, _) = table.get(name)?;
+        // Rule names are unique in a rule set (the configuration refuses duplicates).
+        let i = self.rules.iter().position(|s| s.rule.name == name)?;
         // Bounded: a rule set's names, and a reload's (replay does not reload).
         if self.by_name.len() < 4 * self.rules.len() + 16 {
-            self.by_name.push((name, *i));
+            self.by_name.push((name, i));
         }
-        Some(*i)
+        Some(i)
     }
 
     pub(crate) fn count(
@@ -214,7 +215,7 @@ impl Stats {
         now_ms: u64,
         d: &Decided,
         verdict: Option<&Verdict>,
-        facts: Option<(&Facts<'_>, &RuleTable)>,
+        facts: Option<&Facts<'_>>,
     ) {
         self.requests += 1;
         let first = *self.first_ms.get_or_insert(now_ms);
@@ -227,9 +228,9 @@ impl Stats {
         if refused {
             series.add(t_s, 1);
         }
-        if let (Some(v), Some((f, table))) = (verdict, facts) {
+        if let (Some(v), Some(f)) = (verdict, facts) {
             for h in &v.hits {
-                let Some(i) = self.rule_index(h.rule, table) else {
+                let Some(i) = self.rule_index(h.rule) else {
                     continue;
                 };
                 let Some(s) = self.rules.get_mut(i) else {
@@ -254,7 +255,7 @@ impl Stats {
                 }
             }
             if let Some(by) = d.decided_by {
-                if let Some(i) = self.rule_index(by, table) {
+                if let Some(i) = self.rule_index(by) {
                     if let Some(s) = self.rules.get_mut(i) {
                         s.decided += 1;
                         // A ban in force refuses without the rule being over its threshold.
