@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::ledger::{Record, TokenId};
 use crate::reason::Reason;
 use crate::token::truncate;
-use crate::verify::Verifier;
+use crate::verify::{CheckedAt, Verifier};
 
 /// Why a record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -72,15 +72,9 @@ impl RecordFacts {
         )
     }
 
-    /// The issued token, for a record given in that form.
-    #[must_use]
-    pub fn token(&self) -> Option<&str> {
-        self.0.token.as_deref()
-    }
-
-    /// The record: the token verified (the key must be allowed to sign it at `now`, unix
-    /// seconds), or the facts checked.
-    pub fn into_record(self, verifier: &Verifier, now: u64) -> Result<Record, IngestError> {
+    /// The record: the token verified (the key must be allowed to sign it, and the token
+    /// be live, at `at`), or the facts checked.
+    pub fn into_record(self, verifier: &Verifier, at: CheckedAt) -> Result<Record, IngestError> {
         let f = self.0;
         if let Some(token) = f.token {
             if f.jti.is_some() || f.token_id.is_some() || f.account.is_some() {
@@ -89,7 +83,7 @@ impl RecordFacts {
                 ));
             }
             return verifier
-                .record_for_issued(&token, now)
+                .record_for_issued_at(&token, at)
                 .map_err(IngestError::Token);
         }
         let id = match (f.jti, f.token_id) {
@@ -120,7 +114,7 @@ impl RecordFacts {
 
 /// Turns one JSON value into a record.
 pub fn record_from_json(v: Value, verifier: &Verifier, now: u64) -> Result<Record, IngestError> {
-    RecordFacts::from_json(v)?.into_record(verifier, now)
+    RecordFacts::from_json(v)?.into_record(verifier, CheckedAt::Time(now))
 }
 
 /// Parses one line of a JSON-lines file. Blank lines give `None`.
@@ -129,7 +123,7 @@ pub fn record_from_line(
     verifier: &Verifier,
     now: u64,
 ) -> Option<Result<Record, IngestError>> {
-    RecordFacts::parse_line(line).map(|f| f?.into_record(verifier, now))
+    RecordFacts::parse_line(line).map(|f| f?.into_record(verifier, CheckedAt::Time(now)))
 }
 
 #[cfg(test)]
@@ -212,10 +206,46 @@ mod tests {
         assert!(record_from_line(&lines[0], &v, NOW).is_some_and(|r| r.is_ok()));
         assert!(record_from_line(&lines[2], &v, NOW)
             .is_some_and(|r| r.is_err_and(|e| e.to_string().contains("unknown field"))));
-        let facts = RecordFacts::parse_line(&lines[0])
-            .expect("not blank")
-            .expect("shape");
-        assert_eq!(facts.token(), Some(t.as_str()));
+    }
+
+    /// A token-form record checked at its own issue time: accepted long after its token
+    /// expired (a replay's `--records`), where the same record checked at that later time
+    /// is refused, and so is one checked before the token's `nbf` (the issue time it is
+    /// checked at is the token's, not zero or the clock's).
+    #[test]
+    fn a_token_record_checked_at_its_issue_time() {
+        let v = verifier();
+        let token = mint(
+            SampleKey::RsA,
+            "k",
+            &json!({"sub":"alice","jti":"j1","iat":NOW,"nbf":NOW,"exp":NOW+60}),
+        )
+        .expect("mint");
+        let line = json!({ "token": token }).to_string();
+        let later = NOW + 30 * 86_400;
+        let facts = || {
+            RecordFacts::parse_line(&line)
+                .expect("not blank")
+                .expect("shape")
+        };
+        let then = facts()
+            .into_record(&v, CheckedAt::Issued)
+            .expect("live when issued");
+        assert_eq!(then.issued_at, NOW);
+        assert!(matches!(
+            facts().into_record(&v, CheckedAt::Time(later)),
+            Err(IngestError::Token(Reason::Expired))
+        ));
+        assert!(matches!(
+            facts().into_record(&v, CheckedAt::Time(NOW - 3600)),
+            Err(IngestError::Token(Reason::NotYetValid))
+        ));
+        assert_eq!(
+            facts()
+                .into_record(&v, CheckedAt::Time(NOW))
+                .expect("live now"),
+            then
+        );
     }
 
     #[test]

@@ -192,6 +192,15 @@ impl Confirmed {
     }
 }
 
+/// When [`Verifier::record_for_issued_at`] checks a token's key use and lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckedAt {
+    /// At this time, unix seconds (a token seen now).
+    Time(u64),
+    /// At the token's own issue time (its `iat`; 0 without one).
+    Issued,
+}
+
 /// Verifies tokens against the current registry and policy.
 pub struct Verifier {
     /// Read on every request: an `ArcSwap` load takes no lock and writes no line another
@@ -487,11 +496,22 @@ impl Verifier {
     /// Verifies a token observed in a login response (or sent by the issuance service)
     /// and turns it into a ledger record. The key must be allowed to sign it now.
     pub fn record_for_issued(&self, token: &str, now: u64) -> Result<Record, Reason> {
+        self.record_for_issued_at(token, CheckedAt::Time(now))
+    }
+
+    /// [`Verifier::record_for_issued`], the key's use and the token's lifetime checked at
+    /// `at`: a record read long after its token was issued (a replay's `--records`) is
+    /// checked at the token's own issue time, parsed once.
+    pub fn record_for_issued_at(&self, token: &str, at: CheckedAt) -> Result<Record, Reason> {
         if token.len() > self.policy.max_token_bytes {
             return Err(Reason::Malformed);
         }
         let registry = self.registry.load();
         let (v, key) = self.verify_fresh(token, &registry)?;
+        let now = match at {
+            CheckedAt::Time(now) => now,
+            CheckedAt::Issued => v.issued_at.unwrap_or(0),
+        };
         self.check_live(&v, &key, now)?;
         Ok(Record {
             id: v.id,

@@ -10,6 +10,7 @@ use clap::Args;
 use warden_config::model::{Config, Routes};
 use warden_core::ingest::RecordFacts;
 use warden_core::ledger::Record;
+use warden_core::verify::CheckedAt;
 use warden_core::verify::Verifier;
 use warden_replay::format::{FieldMap, Format, Target};
 use warden_replay::{replay_logs, Diff, Provenance, Replayer, Setup};
@@ -84,15 +85,7 @@ fn load_records(files: &[PathBuf], verifier: &Verifier) -> Result<Vec<Record>, (
                 continue;
             };
             let parsed = parsed
-                .and_then(|facts| {
-                    let iat = facts
-                        .token()
-                        .and_then(|t| warden_core::token::parse(t, 1 << 16).ok())
-                        .and_then(|p| p.claims.numeric_date("iat").ok())
-                        .flatten()
-                        .unwrap_or(0);
-                    facts.into_record(verifier, iat)
-                })
+                .and_then(|facts| facts.into_record(verifier, CheckedAt::Issued))
                 .map_err(|e| e.to_string());
             match parsed {
                 Ok(r) => out.push(r),

@@ -1,10 +1,21 @@
 //! The `warden` command line, run as a process. (This file also makes `cargo test` build
 //! the `warden` binary that the end-to-end suite in `tests/` drives.)
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn warden() -> Command {
     Command::new(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// Runs a command that must succeed (its standard error shown if it does not).
+fn succeeds(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 #[test]
@@ -40,12 +51,7 @@ fn check_accepts_a_good_file_and_run_refuses_a_bad_one() {
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[upstream]\npeers = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"a\"\nclass = \"protected\"\npaths = [\"/a/*\"]\n")
         .expect("write");
-    let out = warden().arg("check").arg(&good).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(warden().arg("check").arg(&good), "run");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[upstream]\npeers = 5\n").expect("write");
@@ -76,12 +82,7 @@ fn run_refuses_an_upstream_name_that_does_not_resolve_before_taking_any_socket()
         format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n[upstream]\npeers = [\"web.no-such-host.invalid:8080\"]\n[[routes]]\nname = \"a\"\nclass = \"protected\"\npaths = [\"/a/*\"]\n"),
     )
     .expect("write");
-    let out = warden().arg("check").arg(&config).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(warden().arg("check").arg(&config), "run");
     let out = warden()
         .args(["run", "--config"])
         .arg(&config)
@@ -113,12 +114,7 @@ fn a_missing_config_is_a_clear_error() {
 #[test]
 fn the_reference_configuration_is_valid_and_warns_of_nothing() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/warden.toml");
-    let out = warden().args(["check", path]).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(warden().args(["check", path]), "run");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("ok (0 warnings)"),
         "{}",
@@ -132,12 +128,7 @@ fn the_default_rule_pack_checks_clean_and_a_bad_rule_file_is_reported() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/rules/default.toml"
     );
-    let out = warden().args(["check", pack]).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(warden().args(["check", pack]), "run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (0 warnings)"));
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -228,15 +219,11 @@ fn ledger_import_records_good_lines_and_reports_bad_ones_by_line() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "entries 2\npending_revocations 0"
     );
-    let out = warden()
-        .args(["ledger", "revoke", "--account", "bob", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        warden()
+            .args(["ledger", "revoke", "--account", "bob", "--config"])
+            .arg(&config),
+        "run",
     );
 }
 
@@ -244,46 +231,33 @@ fn ledger_import_records_good_lines_and_reports_bad_ones_by_line() {
 fn simulate_writes_what_check_ledger_import_and_replay_accept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = dir.path().join("sim");
-    let out = warden()
-        .args([
-            "simulate",
-            "--scenario",
-            "small",
-            "--format",
-            "combined",
-            "--out",
-        ])
-        .arg(&sim)
-        .output()
-        .expect("run warden simulate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        warden()
+            .args([
+                "simulate",
+                "--scenario",
+                "small",
+                "--format",
+                "combined",
+                "--out",
+            ])
+            .arg(&sim),
+        "run warden simulate",
     );
     let conf = sim.join("warden.toml");
-    let out = warden().arg("check").arg(&conf).output().expect("check");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(warden().arg("check").arg(&conf), "check");
     // The records are in the format `warden ledger import` reads.
     let records = sim.join("records.jsonl");
     let n = std::fs::read_to_string(&records)
         .expect("records")
         .lines()
         .count();
-    let out = warden()
-        .args(["ledger", "import", "--config"])
-        .arg(&conf)
-        .arg(&records)
-        .output()
-        .expect("ledger import");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        warden()
+            .args(["ledger", "import", "--config"])
+            .arg(&conf)
+            .arg(&records),
+        "ledger import",
     );
     let out = warden()
         .args(["ledger", "stats", "--config"])
@@ -305,35 +279,31 @@ fn simulate_writes_what_check_ledger_import_and_replay_accept() {
     let pack =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules/default.toml");
     let html = dir.path().join("report.html");
-    let out = warden()
-        .args([
-            "replay",
-            "--format",
-            "combined",
-            "--field",
-            "token=extra1",
-            "--field",
-            "label=extra2",
-        ])
-        .arg("--rules")
-        .arg(&empty)
-        .arg("--diff")
-        .arg(&pack)
-        .arg("--config")
-        .arg(&conf)
-        .arg("--records")
-        .arg(&records)
-        .arg("--log")
-        .arg(&log)
-        .arg("--html")
-        .arg(&html)
-        .arg("--json")
-        .output()
-        .expect("run warden replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        warden()
+            .args([
+                "replay",
+                "--format",
+                "combined",
+                "--field",
+                "token=extra1",
+                "--field",
+                "label=extra2",
+            ])
+            .arg("--rules")
+            .arg(&empty)
+            .arg("--diff")
+            .arg(&pack)
+            .arg("--config")
+            .arg(&conf)
+            .arg("--records")
+            .arg(&records)
+            .arg("--log")
+            .arg(&log)
+            .arg("--html")
+            .arg(&html)
+            .arg("--json"),
+        "run warden replay",
     );
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON diff");
     assert_eq!(d["before"]["bad_lines"], 1);
@@ -362,6 +332,80 @@ fn simulate_writes_what_check_ledger_import_and_replay_accept() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target \"client\""));
+}
+
+/// `warden replay --records` with records in token form: each token is verified at its
+/// own issue time, so records of tokens that expired years ago load, and the replay is
+/// the one the same records in facts form give. (Checked at the clock's time, every one
+/// of them would be refused as expired, and every logged token count as forged.)
+#[test]
+fn replay_reads_token_records_at_their_issue_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = dir.path().join("sim");
+    // 2001: long expired.
+    succeeds(
+        warden()
+            .args([
+                "simulate",
+                "--scenario",
+                "small",
+                "--start",
+                "1000000000",
+                "--out",
+            ])
+            .arg(&sim),
+        "run warden simulate",
+    );
+    let log = sim.join("access.jsonl");
+    let mut tokens: Vec<String> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        // Every token the simulator's login issued: all but the forger's.
+        .filter(|v| v["label"] != "forged")
+        .filter_map(|v| v["token"].as_str().map(str::to_owned))
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    assert!(tokens.len() > 10, "{}", tokens.len());
+    let facts = sim.join("records.jsonl");
+    let as_tokens = dir.path().join("token-records.jsonl");
+    let lines: Vec<String> = tokens
+        .iter()
+        .map(|t| serde_json::json!({ "token": t }).to_string())
+        .collect();
+    std::fs::write(&as_tokens, lines.join("\n") + "\n").expect("write");
+    let pack =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules/default.toml");
+    let replay = |records: &std::path::Path| {
+        let out = succeeds(
+            warden()
+                .arg("replay")
+                .arg("--rules")
+                .arg(&pack)
+                .arg("--config")
+                .arg(sim.join("warden.toml"))
+                .arg("--records")
+                .arg(records)
+                .arg("--log")
+                .arg(&log)
+                .arg("--json"),
+            "run warden replay",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        (report, stderr)
+    };
+    let (by_facts, _) = replay(&facts);
+    let (by_tokens, stderr) = replay(&as_tokens);
+    assert!(!stderr.contains("refused"), "{stderr}");
+    assert_eq!(by_tokens["outcomes"], by_facts["outcomes"]);
+    assert_eq!(by_tokens["labels"], by_facts["labels"]);
+    // Legitimate requests passed: their tokens were found in the ledger.
+    assert!(
+        by_tokens["outcomes"]["passed"].as_u64() > Some(0),
+        "{by_tokens}"
+    );
 }
 
 #[test]
