@@ -120,6 +120,9 @@ pub struct Scenario {
     pub low_slow_addresses: usize,
     /// Milliseconds between two accounts read by one low-and-slow address.
     pub low_slow_interval_ms: u64,
+    /// Put before every token id (`jti`), so that the logs and records of several
+    /// scenarios (other seeds, other days) can be joined without two tokens sharing an id.
+    pub id_prefix: String,
 }
 
 impl Scenario {
@@ -145,6 +148,7 @@ impl Scenario {
             stolen_window: (3 * 3600, 900),
             low_slow_addresses: 4,
             low_slow_interval_ms: 200_000,
+            id_prefix: String::new(),
         }
     }
 
@@ -171,6 +175,7 @@ impl Scenario {
             // banned by the per-address rule after 20 (403s on valid tokens).
             low_slow_addresses: 1,
             low_slow_interval_ms: 70,
+            id_prefix: String::new(),
         }
     }
 }
@@ -246,6 +251,7 @@ pub struct Traffic {
 
 struct Minter<'a> {
     kid: &'a str,
+    prefix: &'a str,
     ttl: u64,
     n: u64,
 }
@@ -253,7 +259,7 @@ struct Minter<'a> {
 impl Minter<'_> {
     fn token(&mut self, account: &str, iat: u64, tag: &str) -> Result<(Arc<str>, Issued), String> {
         self.n += 1;
-        let jti = format!("{tag}-{}", self.n);
+        let jti = format!("{}{tag}-{}", self.prefix, self.n);
         let claims = json!({"sub": account, "jti": jti, "iat": iat, "exp": iat + self.ttl});
         let t = mint(SampleKey::Hs, self.kid, &claims).map_err(|e| e.to_string())?;
         Ok((
@@ -274,6 +280,7 @@ pub fn generate(s: &Scenario) -> Result<Traffic, String> {
     let mut out = Traffic::default();
     let mut m = Minter {
         kid: &s.kid,
+        prefix: &s.id_prefix,
         ttl: s.token_ttl_s,
         n: 0,
     };
@@ -535,6 +542,46 @@ mod tests {
         let c = generate(&Scenario { seed: 8, ..s }).expect("generate");
         assert_ne!(lines(&a), lines(&c));
         assert!(a.events.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
+    }
+
+    /// An id prefix changes the token ids and nothing else: the same requests at the
+    /// same times from the same addresses, every issued id prefixed.
+    #[test]
+    fn an_id_prefix_keeps_the_traffic_and_prefixes_every_id() {
+        let s = Scenario::small(1_800_000_000, "k");
+        let a = generate(&s).expect("generate");
+        let b = generate(&Scenario {
+            id_prefix: "d1-".into(),
+            ..s
+        })
+        .expect("generate");
+        assert_eq!(a.issued.len(), b.issued.len());
+        for (x, y) in a.issued.iter().zip(&b.issued) {
+            assert_eq!(format!("d1-{}", x.jti), y.jti);
+            assert_eq!((&x.account, x.issued_at), (&y.account, y.issued_at));
+        }
+        let shape = |t: &Traffic| -> Vec<(u64, Ipv4Addr, &str, bool)> {
+            t.events
+                .iter()
+                .map(|e| (e.time_ms, e.ip, e.path, e.token.is_some()))
+                .collect()
+        };
+        assert_eq!(shape(&a), shape(&b));
+        let forged = |t: &Traffic| {
+            t.events
+                .iter()
+                .filter(|e| e.actor == Actor::Forged)
+                .filter_map(|e| e.token.as_deref())
+                .map(|tok| {
+                    let p = warden_core::token::parse(tok, 8192).expect("token");
+                    p.claims.string("jti").ok().flatten().map(str::to_owned)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(forged(&b)
+            .iter()
+            .all(|j| j.as_deref().is_some_and(|j| j.starts_with("d1-f-"))));
+        assert!(!forged(&b).is_empty());
     }
 
     #[test]

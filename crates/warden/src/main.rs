@@ -84,7 +84,7 @@ enum Command {
     /// Replay access logs through a rule file, as the proxy would decide (time from the log); report per rule.
     Replay(replay_cmd::ReplayArgs),
     /// Generate legitimate and attack traffic: a log for `replay`, or requests to a live warden on loopback.
-    Simulate(simulate_cmd::SimulateArgs),
+    Simulate(Box<simulate_cmd::SimulateArgs>),
     /// Run only the demo upstream (an account service with a login endpoint that signs with the sample key).
     Upstream {
         /// Listen address.

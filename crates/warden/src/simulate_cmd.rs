@@ -58,6 +58,10 @@ pub struct SimulateArgs {
     /// Key id the tokens carry (HS256, the repository's sample secret).
     #[arg(long, default_value = "sim-hs")]
     kid: String,
+    /// Put before every token id (`jti`), so that the logs and records of several runs
+    /// (other seeds, other days: `--start`) can be joined without two tokens sharing an id.
+    #[arg(long, default_value = "")]
+    id_prefix: String,
     /// Send the traffic to a live warden at this loopback address, in real time.
     #[arg(long, value_name = "ADDR")]
     live: Option<SocketAddr>,
@@ -86,6 +90,7 @@ fn scenario(a: &SimulateArgs, start_default: Option<u64>) -> Result<Scenario, St
         other => return Err(format!("unknown scenario {other:?} (report or small)")),
     };
     s.kid.clone_from(&a.kid);
+    s.id_prefix.clone_from(&a.id_prefix);
     if let Some(v) = start_default {
         s.start_s = v;
     }
