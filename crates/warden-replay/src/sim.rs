@@ -249,26 +249,26 @@ pub struct Traffic {
     pub issued: Vec<Issued>,
 }
 
+/// Mints the scenario's tokens (its key id, id prefix and token lifetime), numbering them.
 struct Minter<'a> {
-    kid: &'a str,
-    prefix: &'a str,
-    ttl: u64,
+    s: &'a Scenario,
     n: u64,
 }
 
 impl Minter<'_> {
     fn token(&mut self, account: &str, iat: u64, tag: &str) -> Result<(Arc<str>, Issued), String> {
         self.n += 1;
-        let jti = format!("{}{tag}-{}", self.prefix, self.n);
-        let claims = json!({"sub": account, "jti": jti, "iat": iat, "exp": iat + self.ttl});
-        let t = mint(SampleKey::Hs, self.kid, &claims).map_err(|e| e.to_string())?;
+        let (s, ttl) = (self.s, self.s.token_ttl_s);
+        let jti = format!("{}{tag}-{}", s.id_prefix, self.n);
+        let claims = json!({"sub": account, "jti": jti, "iat": iat, "exp": iat + ttl});
+        let t = mint(SampleKey::Hs, &s.kid, &claims).map_err(|e| e.to_string())?;
         Ok((
             Arc::from(t),
             Issued {
                 jti,
                 account: account.to_owned(),
                 issued_at: iat,
-                expires_at: iat + self.ttl,
+                expires_at: iat + ttl,
             },
         ))
     }
@@ -278,12 +278,7 @@ impl Minter<'_> {
 pub fn generate(s: &Scenario) -> Result<Traffic, String> {
     let mut rng = Rng::new(s.seed);
     let mut out = Traffic::default();
-    let mut m = Minter {
-        kid: &s.kid,
-        prefix: &s.id_prefix,
-        ttl: s.token_ttl_s,
-        n: 0,
-    };
+    let mut m = Minter { s, n: 0 };
     let t0 = s.start_s * 1000;
     let end = t0 + s.duration_s * 1000;
     let account = |k: usize| format!("user-{k}");
@@ -567,21 +562,20 @@ mod tests {
                 .collect()
         };
         assert_eq!(shape(&a), shape(&b));
-        let forged = |t: &Traffic| {
-            t.events
-                .iter()
-                .filter(|e| e.actor == Actor::Forged)
-                .filter_map(|e| e.token.as_deref())
-                .map(|tok| {
-                    let p = warden_core::token::parse(tok, 8192).expect("token");
-                    p.claims.string("jti").ok().flatten().map(str::to_owned)
-                })
-                .collect::<Vec<_>>()
-        };
-        assert!(forged(&b)
+        let forged: Vec<Option<String>> = b
+            .events
+            .iter()
+            .filter(|e| e.actor == Actor::Forged)
+            .filter_map(|e| e.token.as_deref())
+            .map(|tok| {
+                let p = warden_core::token::parse(tok, 8192).expect("token");
+                p.claims.string("jti").ok().flatten().map(str::to_owned)
+            })
+            .collect();
+        assert!(forged
             .iter()
             .all(|j| j.as_deref().is_some_and(|j| j.starts_with("d1-f-"))));
-        assert!(!forged(&b).is_empty());
+        assert!(!forged.is_empty());
     }
 
     #[test]

@@ -1,10 +1,28 @@
 //! The `warden` command line, run as a process. (This file also makes `cargo test` build
 //! the `warden` binary that the end-to-end suite in `tests/` drives.)
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn warden() -> Command {
     Command::new(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// The repository's default rule pack.
+fn default_pack() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules/default.toml")
+}
+
+/// `warden simulate --scenario small` with `args`, writing into `out`.
+fn simulate_small(out: &Path, args: &[&str]) {
+    succeeds(
+        warden()
+            .args(["simulate", "--scenario", "small"])
+            .args(args)
+            .arg("--out")
+            .arg(out),
+        "run warden simulate",
+    );
 }
 
 /// Runs a command that must succeed (its standard error shown if it does not).
@@ -124,11 +142,7 @@ fn the_reference_configuration_is_valid_and_warns_of_nothing() {
 
 #[test]
 fn the_default_rule_pack_checks_clean_and_a_bad_rule_file_is_reported() {
-    let pack = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/rules/default.toml"
-    );
-    let out = succeeds(warden().args(["check", pack]), "run");
+    let out = succeeds(warden().arg("check").arg(default_pack()), "run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (0 warnings)"));
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -231,19 +245,7 @@ fn ledger_import_records_good_lines_and_reports_bad_ones_by_line() {
 fn simulate_writes_what_check_ledger_import_and_replay_accept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = dir.path().join("sim");
-    succeeds(
-        warden()
-            .args([
-                "simulate",
-                "--scenario",
-                "small",
-                "--format",
-                "combined",
-                "--out",
-            ])
-            .arg(&sim),
-        "run warden simulate",
-    );
+    simulate_small(&sim, &["--format", "combined"]);
     let conf = sim.join("warden.toml");
     succeeds(warden().arg("check").arg(&conf), "check");
     // The records are in the format `warden ledger import` reads.
@@ -276,8 +278,7 @@ fn simulate_writes_what_check_ledger_import_and_replay_accept() {
     std::fs::write(&log, text).expect("append");
     let empty = dir.path().join("empty.toml");
     std::fs::write(&empty, "").expect("write");
-    let pack =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules/default.toml");
+    let pack = default_pack();
     let html = dir.path().join("report.html");
     let out = succeeds(
         warden()
@@ -343,19 +344,7 @@ fn replay_reads_token_records_at_their_issue_time() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = dir.path().join("sim");
     // 2001: long expired.
-    succeeds(
-        warden()
-            .args([
-                "simulate",
-                "--scenario",
-                "small",
-                "--start",
-                "1000000000",
-                "--out",
-            ])
-            .arg(&sim),
-        "run warden simulate",
-    );
+    simulate_small(&sim, &["--start", "1000000000"]);
     let log = sim.join("access.jsonl");
     let mut tokens: Vec<String> = std::fs::read_to_string(&log)
         .expect("log")
@@ -375,9 +364,8 @@ fn replay_reads_token_records_at_their_issue_time() {
         .map(|t| serde_json::json!({ "token": t }).to_string())
         .collect();
     std::fs::write(&as_tokens, lines.join("\n") + "\n").expect("write");
-    let pack =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules/default.toml");
-    let replay = |records: &std::path::Path| {
+    let pack = default_pack();
+    let replay = |records: &Path| {
         let out = succeeds(
             warden()
                 .arg("replay")
